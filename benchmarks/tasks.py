@@ -1,0 +1,45 @@
+"""Task functions run inside the pools' workers.
+
+They live in this importable module (not in the driver's ``__main__``) so every
+start method -- fork, forkserver, spawn, loky's -- pickles them by reference.
+"""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def noop():
+    return None
+
+
+def echo(data):
+    """Return the argument unchanged: the payload crosses the pipe once each way."""
+    return data
+
+
+def sleep_then_pid(seconds):
+    """Hold a worker busy for a while and say which worker it was."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def marked_sleep(marker_dir, index, seconds):
+    """Record when the task really started, then sleep.
+
+    CLOCK_MONOTONIC is system-wide on Linux, so the parent can compare this
+    mark with the moment its future resolved and compute the overshoot past
+    the deadline, whatever the library does to the worker afterwards.
+    """
+    started = time.monotonic()
+    Path(marker_dir, str(index)).write_text(repr(started))
+    time.sleep(seconds)
+    return index
+
+
+def die_every(index, period):
+    """Return ``index``, except that every ``period``-th task SIGKILLs its own worker."""
+    if period and index % period == period - 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return index

@@ -1,0 +1,30 @@
+"""The exceptions deadpool raises, each a subclass of what stdlib callers catch."""
+
+import concurrent.futures
+import multiprocessing
+
+CancelledError = concurrent.futures.CancelledError
+
+
+class TimeoutError(concurrent.futures.TimeoutError):  # noqa: A001 - the public name
+    """A task ran past its ``deadpool_timeout``; its worker's process tree was killed."""
+
+
+class ProcessError(multiprocessing.ProcessError):
+    """A task was lost with its worker (killed, crashed, exited), or could not be moved
+    between processes."""
+
+
+class PoolClosed(RuntimeError):
+    """The pool is shut down (or belongs to another process) and takes no new tasks."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's traceback text; set as ``__cause__`` of a task's exception."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb

@@ -1,0 +1,390 @@
+"""``deadpool.Deadpool``: the executor. Validates input, pickles tasks, and maps
+the core's events onto futures; the Rust core does everything else."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import math
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.spawn
+import numbers
+import operator
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
+from typing import Any
+
+from deadpool import _core, _worker
+from deadpool._exceptions import PoolClosed, ProcessError, RemoteTraceback, TimeoutError
+from deadpool._future import Future
+
+_START_METHODS = ("forkserver", "spawn", "fork")
+_PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+# Event kinds from the core (src/pool.rs).
+_STARTED, _RETURNED, _RAISED, _TIMED_OUT, _CANCELLED, _LOST = range(6)
+
+_MAX_PRIORITY = 2**64 - 1
+
+
+class Deadpool(concurrent.futures.Executor):
+    """A process pool that never breaks: a worker lost to a crash, the OOM killer,
+    ``kill -9`` or a timeout costs only the task it was running."""
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        min_workers: int | None = None,
+        max_tasks_per_child: int | None = None,
+        max_worker_memory_bytes: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        finalizer: Callable[..., Any] | None = None,
+        finalargs: Iterable[Any] = (),
+        max_backlog: int = 5,
+        shutdown_wait: bool | None = None,
+        shutdown_cancel_futures: bool | None = None,
+        daemon: bool = True,
+        malloc_trim_rss_memory_threshold_bytes: int | None = None,
+        propagate_environ: Mapping[str, str] | None = None,
+    ) -> None:
+        if max_workers is None:
+            max_workers = len(os.sched_getaffinity(0))
+        max_workers = _positive_int("max_workers", max_workers)
+        min_workers = max_workers if min_workers is None else _int_at_least("min_workers", min_workers, 0)
+        if min_workers > max_workers:
+            raise ValueError(f"min_workers ({min_workers}) must not exceed max_workers ({max_workers})")
+        max_tasks_per_child = _optional(_positive_int, "max_tasks_per_child", max_tasks_per_child)
+        max_worker_memory_bytes = _optional(_positive_int, "max_worker_memory_bytes", max_worker_memory_bytes)
+        trim_threshold = _optional(
+            partial(_int_at_least, minimum=0),
+            "malloc_trim_rss_memory_threshold_bytes",
+            malloc_trim_rss_memory_threshold_bytes,
+        )
+        max_backlog = _int_at_least("max_backlog", max_backlog, 0)
+        start_method = _start_method(mp_context)
+        for name, fn in (("initializer", initializer), ("finalizer", finalizer)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
+        initargs = _as_tuple("initargs", initargs)
+        finalargs = _as_tuple("finalargs", finalargs)
+        if propagate_environ is not None and not isinstance(propagate_environ, Mapping):
+            raise TypeError(f"propagate_environ must be a mapping or None, not {type(propagate_environ).__name__}")
+        for name, flag in (("shutdown_wait", shutdown_wait), ("shutdown_cancel_futures", shutdown_cancel_futures)):
+            if flag is not None and not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool or None, not {type(flag).__name__}")
+
+        self._settings = {
+            "initializer": initializer,
+            "initargs": initargs,
+            "finalizer": finalizer,
+            "finalargs": finalargs,
+            "malloc_trim_threshold": trim_threshold,
+        }
+        self._propagate_environ = propagate_environ
+        static_config = None if propagate_environ is not None else self._worker_config()
+        self._max_workers = max_workers
+        self._shutdown_wait = shutdown_wait
+        self._shutdown_cancel_futures = shutdown_cancel_futures
+        self.daemon = daemon
+        self._ids = itertools.count()
+        self._closed = False
+        self._shutdown_lock = threading.Lock()
+        self._owner_pid = os.getpid()
+        self._dispatcher = _Dispatcher()
+        self._core = _core.Pool(
+            max_workers=max_workers,
+            min_workers=min_workers,
+            max_backlog=max_backlog,
+            max_tasks_per_child=max_tasks_per_child,
+            max_worker_memory_bytes=max_worker_memory_bytes,
+            start_method=start_method,
+            argv=[sys.executable, *subprocess._args_from_interpreter_flags()],
+            preparation=_preparation_data() if start_method != "fork" else b"",
+            static_config=static_config,
+            dispatch=self._dispatcher,
+            make_config=self._worker_config if static_config is None else None,
+            fork_zygote=_worker.fork_zygote if start_method == "fork" else None,
+        )
+        self._dispatcher.note_failed = self._core.note_failed
+        _live_pools.add(self._core)
+        # Dropped without shutdown(): let the work finish, then release the workers.
+        weakref.finalize(self, self._core.shutdown, False, False)
+
+    def _worker_config(self) -> bytes:
+        settings = dict(self._settings)
+        if self._propagate_environ is not None:
+            settings["environ"] = {str(k): str(v) for k, v in dict(self._propagate_environ).items()}
+        try:
+            return pickle.dumps(settings, _PICKLE_PROTOCOL)
+        except Exception as exc:
+            raise TypeError(f"initializer, finalizer and their arguments must be picklable: {exc}") from exc
+
+    # ----- Executor API ---------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        deadpool_timeout: float | None = None,
+        deadpool_priority: int = 0,
+        **kwargs: Any,
+    ) -> Future:
+        """Run ``fn(*args, **kwargs)`` in a worker. Blocks while ``max_backlog``
+        tasks wait (except on a thread running an asyncio event loop)."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        timeout = _check_timeout(deadpool_timeout)
+        priority = _check_priority(deadpool_priority)
+        self._check_usable()
+        future = Future()
+        task_id = next(self._ids)
+        future._task_id = task_id
+        future._canceller = self._core.cancel
+        try:
+            payload = pickle.dumps((fn, args, kwargs), _PICKLE_PROTOCOL)
+        except Exception as exc:
+            # Like the stdlib: an unpicklable task fails its own future only.
+            self._core.note_rejected()
+            future.set_exception(exc)
+            return future
+        futures = self._dispatcher.futures
+        futures[task_id] = future  # before the core can report on it
+        try:
+            accepted = self._core.submit(task_id, payload, priority, timeout, not _on_event_loop_thread())
+        except BaseException:
+            futures.pop(task_id, None)
+            raise
+        if not accepted:
+            futures.pop(task_id, None)
+            raise PoolClosed("cannot submit: the pool has been shut down")
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """Like ``Executor.map``; with ``chunksize > 1`` each task runs a chunk of calls."""
+        chunksize = _positive_int("chunksize", chunksize)
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = _chunks(zip(*iterables), chunksize)
+        results = super().map(partial(_worker.run_chunk, fn), chunks, timeout=timeout)
+        return itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the pool. ``wait`` waits for running tasks; pending tasks are
+        cancelled unless ``wait=True, cancel_futures=False``; ``wait=False,
+        cancel_futures=True`` also kills the running tasks."""
+        if os.getpid() != self._owner_pid:
+            return  # a forked child: the parent's workers are not ours to stop
+        with self._shutdown_lock:
+            self._closed = True
+        cancel_pending = cancel_futures or not wait
+        kill_running = cancel_futures and not wait
+        for task_id in self._core.shutdown(cancel_pending, kill_running):
+            future = self._dispatcher.futures.pop(task_id, None)
+            if future is not None:
+                future._force_cancelled()
+        if wait:
+            self._core.wait()
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool:
+        wait = True if self._shutdown_wait is None else self._shutdown_wait
+        cancel = False if self._shutdown_cancel_futures is None else self._shutdown_cancel_futures
+        self.shutdown(wait=wait, cancel_futures=cancel)
+        return False
+
+    # ----- deadpool extras ------------------------------------------------
+
+    def get_statistics(self) -> dict[str, int]:
+        """The original deadpool's eight counters."""
+        return self._core.statistics()
+
+    def clear_workers(self) -> None:
+        """Retire idle workers now; their replacements get the current settings
+        (and a fresh copy of ``propagate_environ``)."""
+        self._check_usable()
+        self._core.clear_workers()
+
+    def _check_usable(self) -> None:
+        if os.getpid() != self._owner_pid:
+            raise PoolClosed(
+                f"this pool belongs to process {self._owner_pid}; "
+                "a process made by os.fork() must create its own pool"
+            )
+        if self._closed:
+            raise PoolClosed("cannot submit: the pool has been shut down")
+
+
+class _Dispatcher:
+    """Called by the core's completion thread with a batch of
+    ``(kind, task_id, pid, payload)`` events."""
+
+    def __init__(self) -> None:
+        self.futures: dict[int, Future] = {}
+        self.note_failed: Callable[[], None] = lambda: None
+
+    def __call__(self, events: list[tuple[int, int, int, Any]]) -> None:
+        futures = self.futures
+        for kind, task_id, pid, payload in events:
+            if kind == _STARTED:
+                future = futures.get(task_id)
+                if future is not None:
+                    future._started(pid)
+                continue
+            future = futures.pop(task_id, None)
+            if future is None:
+                continue  # cancelled, and already resolved by cancel()
+            try:
+                self._finish(future, kind, payload)
+            except BaseException as exc:
+                future._resolve(exception=ProcessError(f"deadpool could not deliver the outcome: {exc!r}"))
+
+    def _finish(self, future: Future, kind: int, payload: Any) -> None:
+        if kind == _RETURNED:
+            try:
+                result = pickle.loads(payload)
+            except BaseException as exc:
+                self.note_failed()
+                error = ProcessError(f"the task's result could not be unpickled: {exc!r}")
+                error.__cause__ = exc
+                future._resolve(exception=error)
+                return
+            future._resolve(result)
+        elif kind == _RAISED:
+            future._resolve(exception=_remote_exception(payload))
+        elif kind == _TIMED_OUT:
+            future._resolve(exception=TimeoutError(f"the task timed out; worker {future.pid} was killed"))
+        elif kind == _CANCELLED:
+            future._force_cancelled()
+        else:
+            future._resolve(exception=ProcessError(payload))
+
+
+def _remote_exception(payload: bytes) -> BaseException:
+    try:
+        exc, description, tb = pickle.loads(payload)
+    except BaseException as error:
+        return ProcessError(f"the task raised an exception that could not be unpickled: {error!r}")
+    if exc is None:
+        return ProcessError(f"the task raised an exception that could not be pickled: {description}\n{tb}")
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    return exc
+
+
+# ----- input checks -------------------------------------------------------
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _int_at_least(name: str, value: Any, minimum: int) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    value = operator.index(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _positive_int(name: str, value: Any) -> int:
+    return _int_at_least(name, value, 1)
+
+
+def _optional(check: Callable[..., int], name: str, value: Any) -> int | None:
+    return None if value is None else check(name, value)
+
+
+def _as_tuple(name: str, value: Any) -> tuple[Any, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a tuple of arguments, not {type(value).__name__}")
+    return tuple(value)
+
+
+def _check_timeout(timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool):
+        raise TypeError(f"deadpool_timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    timeout = float(timeout)
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"deadpool_timeout must be >= 0, got {timeout}")
+    return None if math.isinf(timeout) else timeout
+
+
+def _check_priority(priority: Any) -> int:
+    priority = _int_at_least("deadpool_priority", priority, 0)
+    if priority > _MAX_PRIORITY:
+        raise ValueError(f"deadpool_priority must be < 2**64, got {priority}")
+    return priority
+
+
+def _start_method(mp_context: Any) -> str:
+    if mp_context is None:
+        return "forkserver"
+    if isinstance(mp_context, str):
+        method = mp_context
+    elif isinstance(mp_context, multiprocessing.context.BaseContext):
+        method = mp_context.get_start_method()
+    else:
+        raise ValueError(
+            f"mp_context must be one of {_START_METHODS} or a multiprocessing context, not {mp_context!r}"
+        )
+    if method not in _START_METHODS:
+        raise ValueError(f"mp_context must be one of {_START_METHODS}, not {method!r}")
+    return method
+
+
+def _preparation_data() -> bytes:
+    """What a fresh interpreter needs to unpickle the parent's tasks: sys.path,
+    the working directory and the ``__main__`` module (stdlib's public way)."""
+    data = multiprocessing.spawn.get_preparation_data("deadpool-zygote")
+    data.pop("authkey", None)  # not needed, and not to be handed around
+    return pickle.dumps(data, _PICKLE_PROTOCOL)
+
+
+def _on_event_loop_thread() -> bool:
+    """Blocking here would stall every coroutine on this thread's running loop."""
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and asyncio.events._get_running_loop() is not None
+
+
+def _chunks(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+# ----- process-wide hooks -------------------------------------------------
+
+_live_pools: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _finish_pools_at_exit() -> None:
+    """Like the stdlib: work submitted before exit still completes."""
+    for pool in list(_live_pools):
+        pool.shutdown(False, False)
+    for pool in list(_live_pools):
+        pool.wait()
+
+
+def _after_fork_in_child() -> None:
+    _live_pools.clear()
+    _core.forget_zygote_after_fork()
+
+
+threading._register_atexit(_finish_pools_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,108 @@
+"""``deadpool.Future``: a ``concurrent.futures.Future`` that knows its worker.
+
+Unlike the stdlib pool, a running task can be cancelled: its worker is killed and
+the future ends CANCELLED. The state changes below follow the stdlib's state
+machine, so ``wait()`` and ``as_completed()`` see every transition.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from concurrent.futures._base import (
+    CANCELLED,
+    CANCELLED_AND_NOTIFIED,
+    FINISHED,
+    PENDING,
+    RUNNING,
+)
+from typing import Any
+
+logger = logging.getLogger("deadpool")
+
+# How the core answers a cancel request.
+_NOT_FOUND, _REMOVED_PENDING, _KILLED_RUNNING = 0, 1, 2
+
+
+class Future(concurrent.futures.Future):
+    def __init__(self) -> None:
+        super().__init__()
+        self._pid: int | None = None
+        self._pid_callbacks: list[Callable[[Future], Any]] = []
+        self._task_id: int | None = None
+        self._canceller: Callable[[int], int] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the worker process running (or that ran) this task."""
+        return self._pid
+
+    def add_pid_callback(self, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(future)`` once the task starts on a worker (at once if it has)."""
+        with self._condition:
+            if self._pid is None:
+                self._pid_callbacks.append(fn)
+                return
+        self._run_pid_callback(fn)
+
+    def cancel(self) -> bool:
+        """Cancel the task. A pending task is removed; a running task's worker is
+        killed. Returns False only if the task already finished."""
+        with self._condition:
+            if self._state == FINISHED:
+                return False
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+        if self._canceller is None or self._task_id is None:
+            return super().cancel()
+        if self._canceller(self._task_id) == _NOT_FOUND:
+            # Finishing at this moment: its outcome is on the way.
+            return self.cancelled()
+        return self._force_cancelled()
+
+    def cancel_and_kill_if_running(self) -> bool:
+        """The explicit name for ``cancel()``: kills the worker if the task runs."""
+        return self.cancel()
+
+    # ----- called by the executor ---------------------------------------
+
+    def _started(self, pid: int) -> None:
+        with self._condition:
+            if self._state != PENDING:
+                return
+            self._state = RUNNING
+            self._pid = pid
+            callbacks, self._pid_callbacks = self._pid_callbacks, []
+        for fn in callbacks:
+            self._run_pid_callback(fn)
+
+    def _force_cancelled(self) -> bool:
+        """End CANCELLED from PENDING or RUNNING, waking every waiter."""
+        with self._condition:
+            if self._state == FINISHED:
+                return False
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+            self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+        return True
+
+    def _resolve(self, result: Any = None, exception: BaseException | None = None) -> None:
+        """Set the outcome unless the future was cancelled meanwhile."""
+        try:
+            if exception is None:
+                self.set_result(result)
+            else:
+                self.set_exception(exception)
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled (its worker killed) while the outcome was in flight
+
+    def _run_pid_callback(self, fn: Callable[[Future], Any]) -> None:
+        try:
+            fn(self)
+        except Exception:
+            logger.exception("pid callback %r of %r raised", fn, self)

@@ -1,0 +1,328 @@
+"""The code that runs in deadpool's child processes: the zygote and the worker loop.
+
+A zygote is a single-threaded Python process. It imports the user's ``__main__``
+once (as the stdlib's forkserver does) and forks a worker per request from the
+pool. It reaps its workers and reports each real exit status to the pool, and
+when its control socket reaches EOF (the parent died) it kills everything below
+it and exits.
+
+A worker reads frames from its private task pipe and writes one result frame per
+task to its private result pipe. Frame I/O is in the Rust core.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pickle
+import selectors
+import signal
+import socket
+import struct
+import sys
+import traceback
+from typing import Any
+
+from deadpool import _core
+
+logger = logging.getLogger("deadpool")
+
+# Frame tags (src/protocol.rs).
+TAG_CONFIG, TAG_TASK, TAG_RETIRE = 1, 2, 3
+TAG_READY, TAG_OK, TAG_ERR = 10, 11, 12
+
+# Status records, zygote -> pool (src/zygote.rs).
+STATUS_PID, STATUS_EXIT = 1, 2
+_STATUS = struct.Struct("<Ii")
+_REQUEST_LEN = 8
+_PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+# ----- zygote -------------------------------------------------------------
+
+
+def zygote_main(control_fd: int, single: bool, prepared: bool = False) -> None:
+    """Serve worker requests on ``control_fd`` until the pool goes away.
+
+    ``single``: serve one worker, then exit once it has ("spawn" and "fork").
+    ``prepared``: this process is a fork of the parent and needs no preparation.
+    """
+    # Ctrl-C in a terminal reaches the parent's whole process group, which
+    # includes this zygote; the parent decides what an interrupt means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    control = socket.socket(fileno=control_fd)
+    if not prepared:
+        _core.become_zygote()
+        _prepare(_read_preparation(control))
+    try:
+        _Zygote(control, single).serve()
+    finally:
+        _flush_stdio()
+        os._exit(0)
+
+
+def fork_zygote(child_fd: int) -> int:
+    """"fork" start method: fork this (parent) process into a one-worker zygote."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _core.become_forked_zygote(parent)
+            zygote_main(child_fd, single=True, prepared=True)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _read_preparation(control: socket.socket) -> bytes:
+    (length,) = struct.unpack("<Q", _recv_exactly(control, 8))
+    return _recv_exactly(control, length)
+
+
+def _recv_exactly(control: socket.socket, length: int) -> bytes:
+    chunks = []
+    while length:
+        chunk = control.recv(min(length, 1 << 20))
+        if not chunk:
+            os._exit(0)  # the pool went away before we started
+        chunks.append(chunk)
+        length -= len(chunk)
+    return b"".join(chunks)
+
+
+def _prepare(preparation: bytes) -> None:
+    """Make this process look like the parent: sys.path, cwd, and ``__main__``
+    imported as ``__mp_main__`` so functions defined in a script unpickle."""
+    import multiprocessing.spawn
+
+    try:
+        multiprocessing.spawn.prepare(pickle.loads(preparation))
+    except BaseException:
+        # Tasks that need __main__ will fail with a clear unpickling error;
+        # every other task still runs.
+        logger.exception("deadpool zygote could not import the parent's __main__")
+
+
+class _Zygote:
+    def __init__(self, control: socket.socket, single: bool) -> None:
+        self.control = control
+        self.single = single
+        self.spawned = 0
+        self.workers: dict[int, int] = {}  # worker pid -> status pipe fd
+        self.wakeup_r, self.wakeup_w = os.pipe()
+        os.set_blocking(self.wakeup_r, False)
+        os.set_blocking(self.wakeup_w, False)
+        signal.set_wakeup_fd(self.wakeup_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(control, selectors.EVENT_READ)
+        self.selector.register(self.wakeup_r, selectors.EVENT_READ)
+
+    def serve(self) -> None:
+        while True:
+            for key, _ in self.selector.select():
+                if key.fileobj is self.control:
+                    if not self.take_request():
+                        self.kill_everything()
+                        return
+                else:
+                    self.drain_wakeups()
+                    self.reap()
+            if self.single and self.spawned and not self.workers:
+                return
+
+    def take_request(self) -> bool:
+        """False when the lifeline is gone."""
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(self.control, _REQUEST_LEN, 3)
+        except InterruptedError:
+            return True
+        except OSError:
+            return False
+        if not message:
+            return False
+        if len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            return True
+        self.fork_worker(*fds)
+        return True
+
+    def fork_worker(self, task_r: int, result_w: int, status_w: int) -> None:
+        zygote_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            self.become_worker(zygote_pid, task_r, result_w, status_w)
+        os.close(task_r)
+        os.close(result_w)
+        self.spawned += 1
+        self.workers[pid] = status_w
+        _write_status(status_w, STATUS_PID, pid)
+
+    def become_worker(self, zygote_pid: int, task_r: int, result_w: int, status_w: int) -> None:
+        code = 0
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.selector.close()
+            self.control.close()
+            for fd in (self.wakeup_r, self.wakeup_w, status_w, *self.workers.values()):
+                os.close(fd)
+            _core.become_worker(zygote_pid)
+            worker_main(task_r, result_w)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            _flush_stdio()
+            os._exit(code)
+
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wakeup_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def reap(self) -> None:
+        """Reap every exited child; report the workers' statuses. Orphans that
+        were re-parented to us are reaped too, so nothing stays a zombie."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            status_fd = self.workers.pop(pid, None)
+            if status_fd is not None:
+                _write_status(status_fd, STATUS_EXIT, status)
+                os.close(status_fd)
+
+    def kill_everything(self) -> None:
+        for pid in list(self.workers):
+            _core.kill_tree(pid)
+        _core.kill_descendants(os.getpid())
+
+
+def _write_status(fd: int, kind: int, value: int) -> None:
+    try:
+        os.write(fd, _STATUS.pack(kind, value))
+    except OSError:
+        pass  # the pool closed its end: it no longer waits for this worker
+
+
+# ----- worker -------------------------------------------------------------
+
+
+def worker_main(task_fd: int, result_fd: int) -> None:
+    settings = _read_settings(task_fd)
+    _initialise(settings)
+    _core.write_frame(result_fd, TAG_READY, struct.pack("<I", os.getpid()))
+    trim_above = settings.get("malloc_trim_threshold")
+    while True:
+        frame = _core.read_frame(task_fd)
+        if frame is None:
+            return  # the pool is gone: exit at once, as a kill would
+        tag, body = frame
+        if tag == TAG_RETIRE:
+            _retire(settings)
+            return
+        if tag != TAG_TASK:
+            raise RuntimeError(f"unexpected frame tag {tag} from the pool")
+        out_tag, out = run_task(body)
+        del body
+        _core.write_frame(result_fd, out_tag, out)
+        del out
+        if trim_above is not None and (_core.rss_bytes(os.getpid()) or 0) > trim_above:
+            _core.malloc_trim()
+
+
+def _read_settings(task_fd: int) -> dict[str, Any]:
+    frame = _core.read_frame(task_fd)
+    if frame is None:
+        raise SystemExit(0)
+    tag, body = frame
+    if tag != TAG_CONFIG:
+        raise RuntimeError(f"expected the worker settings, got frame tag {tag}")
+    try:
+        return pickle.loads(body)
+    except BaseException:
+        logger.exception("deadpool worker could not load its settings (initializer etc.)")
+        return {}
+
+
+def _initialise(settings: dict[str, Any]) -> None:
+    environ = settings.get("environ")
+    if environ:
+        os.environ.update(environ)
+    initializer = settings.get("initializer")
+    if initializer is not None:
+        try:
+            initializer(*settings.get("initargs", ()))
+        except BaseException:
+            # As in the original: the worker still serves tasks.
+            logger.exception("deadpool worker initializer %r failed", initializer)
+
+
+def run_task(body: bytes) -> tuple[int, bytes]:
+    try:
+        fn, args, kwargs = pickle.loads(body)
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        return TAG_ERR, _pickle_exception(exc)
+    try:
+        return TAG_OK, pickle.dumps(result, _PICKLE_PROTOCOL)
+    except BaseException as exc:
+        return TAG_ERR, _pickle_exception(exc)
+
+
+def _pickle_exception(exc: BaseException) -> bytes:
+    """``(exception or None, repr, traceback text)``. An exception that pickles
+    but cannot be rebuilt would fail in the parent, so it is checked here."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    description = _safe_repr(exc)
+    try:
+        data = pickle.dumps((exc, description, tb), _PICKLE_PROTOCOL)
+        pickle.loads(data)
+        return data
+    except BaseException:
+        return pickle.dumps((None, description, tb), _PICKLE_PROTOCOL)
+
+
+def _safe_repr(obj: object) -> str:
+    try:
+        return repr(obj)
+    except BaseException:
+        return f"<{type(obj).__qualname__} with a failing repr>"
+
+
+def run_chunk(fn: Any, chunk: list[tuple[Any, ...]]) -> list[Any]:
+    """``map(..., chunksize=n)``: one task runs n calls, in order."""
+    return [fn(*args) for args in chunk]
+
+
+def _retire(settings: dict[str, Any]) -> None:
+    """Graceful exit: the finalizer, then atexit handlers, then anything the
+    tasks left running is killed so that nothing outlives the worker."""
+    finalizer = settings.get("finalizer")
+    if finalizer is not None:
+        try:
+            finalizer(*settings.get("finalargs", ()))
+        except BaseException:
+            logger.exception("deadpool worker finalizer %r failed", finalizer)
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:
+        logger.exception("deadpool worker atexit handlers failed")
+    _core.kill_descendants(os.getpid())
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass  # a closed or broken stream must not stop the exit

@@ -1,0 +1,383 @@
+//! Frames on the private pipes between the pool and one worker.
+//!
+//! A frame is a 9-byte header (one tag byte, then the body length as a
+//! little-endian u64) followed by the body. Sizes are 64-bit so multi-GiB
+//! arguments and results travel intact. The reader is incremental because the
+//! supervisor only ever does non-blocking reads: a slow or dead worker can leave
+//! a frame half-written and the supervisor must simply come back later.
+
+use std::io::{self, IoSlice, Read, Write};
+
+pub const HEADER_LEN: usize = 9;
+
+/// Bodies above this are treated as corruption rather than allocated: a garbage
+/// header must fail one future, not make the parent try to allocate exabytes.
+pub const MAX_BODY_LEN: u64 = 1 << 40;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Tag {
+    /// Pool -> worker: pickled worker settings, the first frame a worker reads.
+    Config = 1,
+    /// Pool -> worker: a pickled `(fn, args, kwargs)`.
+    Task = 2,
+    /// Pool -> worker: run the finalizer and atexit handlers, then exit.
+    Retire = 3,
+    /// Worker -> pool: initialised and waiting for work; body is the pid (u32 LE).
+    Ready = 10,
+    /// Worker -> pool: the pickled return value.
+    Ok = 11,
+    /// Worker -> pool: a pickled exception and its traceback text.
+    Err = 12,
+}
+
+impl Tag {
+    pub fn from_byte(byte: u8) -> Option<Tag> {
+        match byte {
+            1 => Some(Tag::Config),
+            2 => Some(Tag::Task),
+            3 => Some(Tag::Retire),
+            10 => Some(Tag::Ready),
+            11 => Some(Tag::Ok),
+            12 => Some(Tag::Err),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub tag: Tag,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameError {
+    UnknownTag(u8),
+    TooLarge(u64),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::UnknownTag(tag) => write!(f, "corrupt frame: unknown tag {tag}"),
+            FrameError::TooLarge(len) => write!(f, "corrupt frame: body length {len} is implausible"),
+        }
+    }
+}
+
+pub fn encode_header(tag: Tag, body_len: usize) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[0] = tag as u8;
+    header[1..].copy_from_slice(&(body_len as u64).to_le_bytes());
+    header
+}
+
+pub fn decode_header(header: &[u8; HEADER_LEN], limit: u64) -> Result<(Tag, u64), FrameError> {
+    let tag = Tag::from_byte(header[0]).ok_or(FrameError::UnknownTag(header[0]))?;
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&header[1..]);
+    let len = u64::from_le_bytes(len_bytes);
+    if len > limit {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok((tag, len))
+}
+
+/// What one call to [`FrameReader::read_from`] achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    Frame(Frame),
+    /// The source has nothing more for now (`WouldBlock`).
+    Pending,
+    /// End of stream. `mid_frame` says whether a partial frame was lost.
+    Eof { mid_frame: bool },
+    Corrupt(FrameError),
+}
+
+/// Incremental decoder: the header goes into a small array, the body straight
+/// into an exactly-sized buffer, so a large result is copied from the kernel once.
+pub struct FrameReader {
+    header: [u8; HEADER_LEN],
+    header_filled: usize,
+    body: Option<(Tag, Vec<u8>, usize)>,
+    limit: u64,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self::with_limit(MAX_BODY_LEN)
+    }
+}
+
+impl FrameReader {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_limit(limit: u64) -> Self {
+        FrameReader { header: [0; HEADER_LEN], header_filled: 0, body: None, limit }
+    }
+
+    /// Reads until one frame is complete, the source would block, or it ends.
+    pub fn read_from<R: Read>(&mut self, source: &mut R) -> io::Result<ReadOutcome> {
+        loop {
+            if let Some((tag, body, filled)) = &mut self.body {
+                if *filled == body.len() {
+                    let tag = *tag;
+                    let body = std::mem::take(body);
+                    self.body = None;
+                    return Ok(ReadOutcome::Frame(Frame { tag, body }));
+                }
+                match read_some(source, &mut body[*filled..])? {
+                    Some(0) => return Ok(ReadOutcome::Eof { mid_frame: true }),
+                    Some(n) => *filled += n,
+                    None => return Ok(ReadOutcome::Pending),
+                }
+                continue;
+            }
+            if self.header_filled == HEADER_LEN {
+                self.header_filled = 0;
+                match decode_header(&self.header, self.limit) {
+                    Ok((tag, len)) => self.body = Some((tag, vec![0u8; len as usize], 0)),
+                    Err(error) => return Ok(ReadOutcome::Corrupt(error)),
+                }
+                continue;
+            }
+            match read_some(source, &mut self.header[self.header_filled..])? {
+                Some(0) => {
+                    let mid_frame = self.header_filled > 0;
+                    return Ok(ReadOutcome::Eof { mid_frame });
+                }
+                Some(n) => self.header_filled += n,
+                None => return Ok(ReadOutcome::Pending),
+            }
+        }
+    }
+}
+
+/// `Ok(None)` when the read would block; interrupted reads are retried.
+fn read_some<R: Read>(source: &mut R, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match source.read(buf) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// An encoded frame on its way out through a non-blocking pipe.
+pub struct PendingWrite {
+    header: [u8; HEADER_LEN],
+    body: Vec<u8>,
+    written: usize,
+}
+
+impl PendingWrite {
+    pub fn new(tag: Tag, body: Vec<u8>) -> Self {
+        let header = encode_header(tag, body.len());
+        PendingWrite { header, body, written: 0 }
+    }
+
+    fn total(&self) -> usize {
+        HEADER_LEN + self.body.len()
+    }
+
+    /// Writes as much as the sink takes; `Ok(true)` once the frame is all out.
+    pub fn write_to<W: Write>(&mut self, sink: &mut W) -> io::Result<bool> {
+        while self.written < self.total() {
+            let result = if self.written < HEADER_LEN {
+                let slices = [
+                    IoSlice::new(&self.header[self.written..]),
+                    IoSlice::new(&self.body),
+                ];
+                sink.write_vectored(&slices)
+            } else {
+                sink.write(&self.body[self.written - HEADER_LEN..])
+            };
+            match result {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Cursor;
+
+    /// Hands out at most `chunk` bytes per read, then `WouldBlock` every other call,
+    /// the way a non-blocking pipe behaves under a slow writer.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        chunk: usize,
+        block_next: bool,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.block_next && self.pos < self.data.len() {
+                self.block_next = false;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.block_next = true;
+            let n = buf.len().min(self.chunk).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    fn encode(tag: Tag, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut pending = PendingWrite::new(tag, body.to_vec());
+        assert!(pending.write_to(&mut out).expect("vec write"));
+        out
+    }
+
+    fn read_all(reader: &mut FrameReader, source: &mut impl Read) -> Vec<ReadOutcome> {
+        let mut outcomes = Vec::new();
+        loop {
+            match reader.read_from(source).expect("read") {
+                ReadOutcome::Pending => continue,
+                outcome @ (ReadOutcome::Eof { .. } | ReadOutcome::Corrupt(_)) => {
+                    outcomes.push(outcome);
+                    return outcomes;
+                }
+                frame => outcomes.push(frame),
+            }
+        }
+    }
+
+    #[test]
+    fn round_trips_a_frame() {
+        let bytes = encode(Tag::Ok, b"hello");
+        assert_eq!(bytes.len(), HEADER_LEN + 5);
+        let mut reader = FrameReader::new();
+        let outcome = reader.read_from(&mut Cursor::new(bytes)).expect("read");
+        assert_eq!(outcome, ReadOutcome::Frame(Frame { tag: Tag::Ok, body: b"hello".to_vec() }));
+    }
+
+    #[test]
+    fn empty_body_is_a_frame() {
+        let mut reader = FrameReader::new();
+        let outcome = reader.read_from(&mut Cursor::new(encode(Tag::Retire, b""))).expect("read");
+        assert_eq!(outcome, ReadOutcome::Frame(Frame { tag: Tag::Retire, body: vec![] }));
+    }
+
+    #[test]
+    fn unknown_tag_is_corrupt() {
+        let mut bytes = encode(Tag::Ok, b"x");
+        bytes[0] = 99;
+        let mut reader = FrameReader::new();
+        let outcome = reader.read_from(&mut Cursor::new(bytes)).expect("read");
+        assert_eq!(outcome, ReadOutcome::Corrupt(FrameError::UnknownTag(99)));
+    }
+
+    #[test]
+    fn absurd_length_is_corrupt_not_allocated() {
+        let mut bytes = encode(Tag::Ok, b"");
+        bytes[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
+        let mut reader = FrameReader::new();
+        let outcome = reader.read_from(&mut Cursor::new(bytes)).expect("read");
+        assert_eq!(outcome, ReadOutcome::Corrupt(FrameError::TooLarge(u64::MAX)));
+    }
+
+    #[test]
+    fn lengths_are_64_bit() {
+        let header = encode_header(Tag::Task, (5u64 << 32) as usize);
+        assert_eq!(decode_header(&header, MAX_BODY_LEN), Ok((Tag::Task, 5u64 << 32)));
+    }
+
+    #[test]
+    fn truncated_frame_reports_mid_frame_eof() {
+        let bytes = encode(Tag::Ok, b"abcdef");
+        let mut reader = FrameReader::new();
+        let outcome = reader.read_from(&mut Cursor::new(&bytes[..12])).expect("read");
+        assert_eq!(outcome, ReadOutcome::Eof { mid_frame: true });
+    }
+
+    #[test]
+    fn clean_eof_between_frames() {
+        let mut reader = FrameReader::new();
+        let outcome = reader.read_from(&mut Cursor::new(Vec::new())).expect("read");
+        assert_eq!(outcome, ReadOutcome::Eof { mid_frame: false });
+    }
+
+    /// A sink that accepts a few bytes at a time and then would block.
+    struct Narrow {
+        out: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Narrow {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                self.room = 3;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pending_write_resumes_after_would_block() {
+        let mut sink = Narrow { out: Vec::new(), room: 3 };
+        let mut pending = PendingWrite::new(Tag::Task, b"0123456789".to_vec());
+        let mut rounds = 0;
+        while !pending.write_to(&mut sink).expect("write") {
+            rounds += 1;
+        }
+        assert!(rounds > 1);
+        assert_eq!(sink.out, encode(Tag::Task, b"0123456789"));
+    }
+
+    proptest! {
+        #[test]
+        fn any_sequence_of_frames_survives_any_chunking(
+            bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
+            chunk in 1usize..64,
+        ) {
+            let mut data = Vec::new();
+            for body in &bodies {
+                data.extend(encode(Tag::Ok, body));
+            }
+            let mut source = Trickle { data, pos: 0, chunk, block_next: false };
+            let mut reader = FrameReader::new();
+            let outcomes = read_all(&mut reader, &mut source);
+            let (last, frames) = outcomes.split_last().expect("at least eof");
+            prop_assert_eq!(last, &ReadOutcome::Eof { mid_frame: false });
+            let got: Vec<Vec<u8>> = frames.iter().map(|o| match o {
+                ReadOutcome::Frame(f) => f.body.clone(),
+                other => panic!("unexpected {other:?}"),
+            }).collect();
+            prop_assert_eq!(got, bodies);
+        }
+
+        #[test]
+        fn garbage_never_panics_and_always_terminates(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            // A small limit keeps random headers from asking for huge allocations.
+            let mut reader = FrameReader::with_limit(4096);
+            let outcomes = read_all(&mut reader, &mut Cursor::new(data));
+            let last = outcomes.last().expect("some outcome");
+            let terminal = matches!(last, ReadOutcome::Eof { .. } | ReadOutcome::Corrupt(_));
+            prop_assert!(terminal);
+        }
+    }
+}

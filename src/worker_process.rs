@@ -1,0 +1,119 @@
+//! What a freshly forked worker does to itself before running user code, and
+//! the blocking frame I/O of the worker side of the pipes.
+
+use crate::protocol::{decode_header, encode_header, Tag, HEADER_LEN, MAX_BODY_LEN};
+use nix::sys::prctl;
+use nix::sys::signal::Signal;
+use nix::unistd::{getppid, setpgid, Pid};
+use std::io;
+use std::os::fd::RawFd;
+
+/// Makes the calling process a proper worker of the zygote `zygote_pid`:
+/// - leader of its own process group, so one `killpg` reaches its tree and a
+///   terminal's Ctrl-C (sent to the parent's group) does not;
+/// - SIGKILLed when the zygote dies (safe here: the zygote is single-threaded,
+///   so "the thread that forked us" is the zygote itself);
+/// - a child subreaper, so orphans of a task stay in its tree to be killed.
+pub fn become_worker(zygote_pid: i32) -> io::Result<()> {
+    setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+    prctl::set_pdeathsig(Signal::SIGKILL)?;
+    // The zygote may have died before PDEATHSIG was armed.
+    if getppid().as_raw() != zygote_pid {
+        return Err(io::Error::other("the zygote died while the worker was starting"));
+    }
+    prctl::set_child_subreaper(true)?;
+    Ok(())
+}
+
+/// For a zygote forked straight from the parent ("fork" start method): die
+/// with the parent thread that forked it, which lives as long as its pool.
+pub fn become_forked_zygote(parent_pid: i32) -> io::Result<()> {
+    prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if getppid().as_raw() != parent_pid {
+        return Err(io::Error::other("the parent died while the zygote was starting"));
+    }
+    prctl::set_child_subreaper(true)?;
+    Ok(())
+}
+
+pub fn read_exact(fd: RawFd, mut buf: &mut [u8]) -> io::Result<bool> {
+    // SAFETY: the caller owns the fd for the duration of the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let mut first = true;
+    while !buf.is_empty() {
+        match nix::unistd::read(fd, buf) {
+            Ok(0) if first => return Ok(false),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                first = false;
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
+/// Blocks for the next frame header; `None` at a clean end of stream.
+pub fn read_header(fd: RawFd) -> io::Result<Option<(Tag, usize)>> {
+    let mut header = [0u8; HEADER_LEN];
+    if !read_exact(fd, &mut header)? {
+        return Ok(None);
+    }
+    let (tag, len) = decode_header(&header, MAX_BODY_LEN).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let len = usize::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
+    Ok(Some((tag, len)))
+}
+
+/// Writes one whole frame, blocking.
+pub fn write_frame(fd: RawFd, tag: Tag, body: &[u8]) -> io::Result<()> {
+    let header = encode_header(tag, body.len());
+    let mut written = 0usize;
+    let total = HEADER_LEN + body.len();
+    while written < total {
+        let result = if written < HEADER_LEN {
+            let slices = [io::IoSlice::new(&header[written..]), io::IoSlice::new(body)];
+            // SAFETY: the fd is borrowed for the duration of the call only.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            nix::sys::uio::writev(fd, &slices)
+        } else {
+            // SAFETY: as above.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            nix::unistd::write(fd, &body[written - HEADER_LEN..])
+        };
+        match result {
+            Ok(n) => written += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn frames_cross_a_real_pipe() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        write_frame(w.as_raw_fd(), Tag::Ok, b"payload").expect("write");
+        drop(w);
+        let (tag, len) = read_header(r.as_raw_fd()).expect("read").expect("a frame");
+        assert_eq!((tag, len), (Tag::Ok, 7));
+        let mut body = vec![0u8; len];
+        assert!(read_exact(r.as_raw_fd(), &mut body).expect("body"));
+        assert_eq!(body, b"payload");
+        assert_eq!(read_header(r.as_raw_fd()).expect("eof"), None);
+    }
+
+    #[test]
+    fn a_truncated_header_is_an_error_not_a_clean_eof() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        nix::unistd::write(&w, &[11, 1, 0]).expect("write");
+        drop(w);
+        assert!(read_header(r.as_raw_fd()).is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! Zygotes: single-threaded Python processes that fork workers on request.
+//!
+//! Forking the user's multi-threaded interpreter is unsafe (locks held by other
+//! threads stay locked in the child), so workers are forked by a zygote started
+//! fresh with `exec`. The default start method shares one zygote per parent
+//! process; "spawn" starts one fresh zygote per worker (a new interpreter for
+//! each) and "fork" makes the per-worker zygote by forking the parent.
+//!
+//! A request is one message on the zygote's control socket carrying three file
+//! descriptors: the worker's task pipe (read end), its result pipe (write end)
+//! and a status pipe (write end). The zygote answers on the status pipe with
+//! the worker's pid and, once it has reaped the worker, its real wait status.
+//! The control socket is also the zygote's lifeline: EOF means the parent died.
+
+use crate::backlog::lock;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{pipe2, Pid};
+use std::fs::File;
+use std::io::{self, IoSlice, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Pipe capacity we ask for: large frames then cross in few wake-ups.
+const PIPE_CAPACITY: libc::c_int = 1 << 20;
+
+pub const STATUS_RECORD_LEN: usize = 8;
+pub const STATUS_KIND_PID: u32 = 1;
+pub const STATUS_KIND_EXIT: u32 = 2;
+
+/// How to start a zygote: the interpreter command line and the pickled
+/// `multiprocessing.spawn` preparation data (sys.path, the `__main__` module...).
+#[derive(Clone, Debug)]
+pub struct ZygoteLaunch {
+    pub argv: Vec<String>,
+    pub preparation: Vec<u8>,
+}
+
+/// The parent's ends of one worker's private channels.
+pub struct WorkerChannels {
+    pub task_w: File,
+    pub result_r: File,
+    pub status_r: File,
+}
+
+pub struct Zygote {
+    pid: i32,
+    control: OwnedFd,
+    owner_pid: u32,
+}
+
+impl Zygote {
+    /// Starts a zygote with a fresh `exec` of the interpreter.
+    pub fn launch(launch: &ZygoteLaunch, single_worker: bool) -> io::Result<Zygote> {
+        let (parent_end, child_end) = control_pair()?;
+        let child_fd = child_end.as_raw_fd();
+        let (program, args) = launch
+            .argv
+            .split_first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty interpreter command"))?;
+        let script = format!(
+            "from deadpool._worker import zygote_main; zygote_main({child_fd}, {})",
+            if single_worker { "True" } else { "False" }
+        );
+        let mut command = Command::new(program);
+        command.args(args).arg("-c").arg(script);
+        // SAFETY: runs between fork and exec; fcntl is async-signal-safe and
+        // touches only the descriptor the zygote must inherit.
+        unsafe {
+            command.pre_exec(move || {
+                let flags = libc::fcntl(child_fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
+        drop(child_end);
+        let zygote = Zygote { pid: child.id() as i32, control: parent_end, owner_pid: std::process::id() };
+        zygote.send_preparation(&launch.preparation)?;
+        Ok(zygote)
+    }
+
+    /// Adopts a zygote that the caller forked itself ("fork" start method).
+    pub fn adopt(pid: i32, control: OwnedFd) -> Zygote {
+        Zygote { pid, control, owner_pid: std::process::id() }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn send_preparation(&self, preparation: &[u8]) -> io::Result<()> {
+        let mut control = File::from(self.control.try_clone()?);
+        control.write_all(&(preparation.len() as u64).to_le_bytes())?;
+        control.write_all(preparation)
+    }
+
+    /// Asks the zygote for one worker and returns the parent's channel ends,
+    /// already non-blocking.
+    pub fn request_worker(&self) -> io::Result<WorkerChannels> {
+        let (task_r, task_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let (result_r, result_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC)?;
+        for fd in [&task_w, &result_r] {
+            // Best effort: a smaller pipe only costs extra wake-ups.
+            let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(PIPE_CAPACITY));
+        }
+        let fds = [task_r.as_raw_fd(), result_w.as_raw_fd(), status_w.as_raw_fd()];
+        let message = *b"WORKER\0\0";
+        let iov = [IoSlice::new(&message)];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(self.control.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)?;
+        drop((task_r, result_w, status_w));
+        for fd in [&task_w, &result_r, &status_r] {
+            set_nonblocking(fd.as_raw_fd())?;
+        }
+        Ok(WorkerChannels {
+            task_w: File::from(task_w),
+            result_r: File::from(result_r),
+            status_r: File::from(status_r),
+        })
+    }
+
+    /// Reaps the zygote if it has exited; true once it is gone.
+    pub fn try_reap(&self) -> bool {
+        matches!(
+            waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_)
+        )
+    }
+}
+
+fn control_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)?)
+}
+
+/// A socket pair for a zygote the caller will fork itself: (parent end, child end).
+pub fn fork_control_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (parent_end, child_end) = control_pair()?;
+    let flags = FdFlag::from_bits_truncate(fcntl(&child_end, FcntlArg::F_GETFD)?);
+    fcntl(&child_end, FcntlArg::F_SETFD(flags & !FdFlag::FD_CLOEXEC))?;
+    Ok((parent_end, child_end))
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The zygote shared by every pool of this process (the default start method).
+static SHARED: Mutex<Option<Zygote>> = Mutex::new(None);
+
+/// Requests a worker from the shared zygote, starting (or restarting) it as
+/// needed. Losing the zygote therefore never breaks a pool: the next request
+/// starts a new one.
+/// `notes` collects what is worth logging (the caller may not log directly).
+pub fn request_shared_worker(launch: &ZygoteLaunch, notes: &mut Vec<String>) -> io::Result<WorkerChannels> {
+    let mut shared = lock(&SHARED);
+    if let Some(zygote) = shared.as_ref() {
+        if zygote.owner_pid != std::process::id() {
+            // Inherited through os.fork(): that zygote belongs to our parent.
+            *shared = None;
+        }
+    }
+    if let Some(zygote) = shared.as_ref() {
+        match zygote.request_worker() {
+            Ok(channels) => return Ok(channels),
+            Err(error) => {
+                notes.push(format!("zygote {} is gone ({error}); starting a new one", zygote.pid));
+                zygote.try_reap();
+                *shared = None;
+            }
+        }
+    }
+    let zygote = Zygote::launch(launch, false)?;
+    let channels = zygote.request_worker();
+    *shared = Some(zygote);
+    channels
+}
+
+/// The pid of the shared zygote, if one is running.
+pub fn shared_zygote_pid() -> Option<i32> {
+    lock(&SHARED).as_ref().map(Zygote::pid)
+}
+
+/// In a child made by `os.fork()`: drop the inherited handle so that the
+/// parent's zygote sees its lifeline close when the parent dies. `try_lock`
+/// because a lock held by another thread at fork time is never released here.
+pub fn forget_shared_after_fork() {
+    if let Ok(mut shared) = SHARED.try_lock() {
+        *shared = None;
+    }
+}

@@ -1,0 +1,193 @@
+"""Shared test helpers: deadline polling, /proc process inspection, file gates."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import tasks
+
+DEFAULT_DEADLINE = 30.0
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    message: str | Callable[[], str] | None = None,
+) -> Any:
+    """Poll `predicate` until it returns a truthy value; fail loudly after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            detail = message() if callable(message) else message
+            detail = detail or getattr(predicate, "__name__", repr(predicate))
+            pytest.fail(f"condition not met within {timeout}s: {detail}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- /proc helpers
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(ppid, state) of `pid`, or None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    rest = data[data.rindex(")") + 2 :].split()
+    return int(rest[1]), rest[0]
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, state) for every process on the machine."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _stat(int(name))
+            if st is not None:
+                table[int(name)] = st
+    return table
+
+
+def descendants(root: int) -> dict[int, tuple[int, str]]:
+    """Every descendant of `root` (following ppid links): pid -> (ppid, state)."""
+    table = process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _state) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found = {}
+    stack = list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        if pid in found:
+            continue
+        found[pid] = table[pid]
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def is_alive(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie (a zombie has already died)."""
+    st = _stat(pid)
+    return st is not None and st[1] not in ("Z", "X")
+
+
+def zygote_pids(parent: int | None = None) -> list[int]:
+    """Direct children of `parent` (default: this process) whose cmdline names the zygote."""
+    parent = os.getpid() if parent is None else parent
+    return [
+        pid
+        for pid, (ppid, state) in process_table().items()
+        if ppid == parent and state not in ("Z", "X") and "zygote" in cmdline(pid)
+    ]
+
+
+def processes_with_env_token(token: str) -> list[int]:
+    """Live processes whose initial environment contains `token` (leak check for scripts)."""
+    found = []
+    needle = token.encode()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if needle in f.read() and is_alive(int(name)):
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def describe(pids) -> str:
+    return "; ".join(f"{pid} [{(_stat(pid) or ('?', '?'))[1]}] {cmdline(pid)!r}" for pid in pids)
+
+
+# ---------------------------------------------------------------- file gates
+
+
+class Gate:
+    """A task that announces it started (writing its pid) and blocks until released.
+
+    Synchronises the test with worker-side progress without sleeping.
+    """
+
+    def __init__(self, directory: Path, name: str = "gate") -> None:
+        self.started = Path(directory) / f"{name}.started"
+        self.release_path = Path(directory) / f"{name}.release"
+
+    def submit(self, exe, value: Any = None, **kwargs):
+        return exe.submit(
+            tasks.block_until_released, str(self.started), str(self.release_path), value, **kwargs
+        )
+
+    def is_started(self) -> bool:
+        return self.started.exists()
+
+    def wait_started(self, fut=None, timeout: float = DEFAULT_DEADLINE) -> int:
+        """Wait until the task runs; returns the pid of the worker running it."""
+
+        def started():
+            if fut is not None and fut.done() and not self.started.exists():
+                pytest.fail(f"gate task finished without starting: {fut!r} {fut.exception()!r}")
+            return self.started.exists()
+
+        wait_until(started, timeout=timeout, message=f"{self.started} never appeared")
+        return int(self.started.read_text())
+
+    def open(self) -> None:
+        self.release_path.touch()
+
+
+def read_lines(path: Path) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+@contextlib.contextmanager
+def pool(**kwargs) -> Iterator[Any]:
+    """A Deadpool that is torn down hard if the test body fails, so a failure never hangs.
+
+    On normal exit it shuts down with wait=True (the default)."""
+    import deadpool
+
+    exe = deadpool.Deadpool(**kwargs)
+    try:
+        yield exe
+    except BaseException:
+        exe.shutdown(wait=False, cancel_futures=True)
+        raise
+    exe.shutdown(wait=True)
+
+
+def stats_settle(exe, timeout: float = 15.0, **expected) -> dict:
+    """Poll get_statistics() until every key in `expected` has the expected value."""
+    last: dict = {}
+
+    def check():
+        nonlocal last
+        last = exe.get_statistics()
+        return all(last.get(k) == v for k, v in expected.items())
+
+    wait_until(check, timeout=timeout, message=lambda: f"expected {expected}, last stats {last}")
+    return last

@@ -1,0 +1,301 @@
+"""Task functions executed inside deadpool workers.
+
+Everything here is importable as ``tests.tasks`` under every start method, so
+workers started by fork, forkserver or spawn can unpickle references to it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import logging
+import multiprocessing
+import os
+import subprocess
+import threading
+import time
+
+# Module state a task can observe (set by an initializer or, for fork, by the parent).
+MARKER = "default"
+INIT_STATE: tuple | None = None
+_KEPT: list = []  # memory a task keeps alive after it returns
+
+BLOCK_LIMIT = 60.0  # a blocked task gives up after this long, so nothing can hang forever
+
+
+# ---------------------------------------------------------------- file utilities
+
+
+def write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
+def append_line(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def _wait_for_file(path: str, limit: float = BLOCK_LIMIT) -> None:
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} never appeared")
+        time.sleep(0.005)
+
+
+# ---------------------------------------------------------------- plain tasks
+
+
+def return_value(value=None):
+    return value
+
+
+def add(a, b):
+    return a + b
+
+
+def square(x):
+    return x * x
+
+
+def get_pid(*_args):
+    return os.getpid()
+
+
+def echo_args(*args, **kwargs):
+    return args, kwargs
+
+
+def sleep_then_return(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def t(seconds):
+    """The original README's statistics example: sleep and return the duration."""
+    time.sleep(seconds)
+    return seconds
+
+
+def f_err(exc_type):
+    """The original README's statistics example: raise the given exception type."""
+    raise exc_type()
+
+
+def big_bytes(nbytes):
+    return b"\xab" * nbytes
+
+
+def length_of(data):
+    return len(data)
+
+
+def append_tag(path, tag):
+    append_line(path, str(tag))
+    return tag
+
+
+def block_until_released(started, release, value=None):
+    """Announce the start (writing our pid to `started`), then wait for `release`."""
+    write_atomic(started, str(os.getpid()))
+    _wait_for_file(release)
+    return value
+
+
+def touch_then_return(path, value=None):
+    write_atomic(path, str(os.getpid()))
+    return value
+
+
+def chunk_item(i, directory, blocking_index):
+    """For map(chunksize=...): record start, block item `blocking_index` until released."""
+    write_atomic(os.path.join(directory, f"started-{i}"), str(os.getpid()))
+    if i == blocking_index:
+        _wait_for_file(os.path.join(directory, "release"))
+    return i, os.getpid(), time.monotonic_ns()
+
+
+def pid_and_seq(i):
+    return i, os.getpid(), time.monotonic_ns()
+
+
+def raise_value_error_if_three(i):
+    if i == 3:
+        raise ValueError("three")
+    return i
+
+
+# ---------------------------------------------------------------- failures
+
+
+class CustomError(Exception):
+    pass
+
+
+class UnpicklableError(Exception):
+    """Carries a lock, so pickling it fails."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class UnunpicklableError(Exception):
+    """Pickles fine but cannot be rebuilt: __init__ needs two args, args holds one."""
+
+    def __init__(self, a, b):
+        super().__init__(a)
+
+
+def raise_value_error(*args):
+    raise ValueError(*args)
+
+
+def raise_custom(*args):
+    raise CustomError(*args)
+
+
+def raise_unpicklable(message):
+    raise UnpicklableError(message)
+
+
+def raise_ununpicklable():
+    raise UnunpicklableError("first", "second")
+
+
+def return_unpicklable():
+    return threading.Lock()
+
+
+def exit_with(code):
+    os._exit(code)
+
+
+def kill_self(signum):
+    os.kill(os.getpid(), signum)
+    time.sleep(BLOCK_LIMIT)
+
+
+def segfault():
+    ctypes.string_at(0)
+
+
+def hold_gil_sleep(seconds):
+    """Sleep inside C code while holding the GIL (PyDLL does not release it)."""
+    ctypes.PyDLL(None).sleep(int(seconds))
+    return "woke up"
+
+
+def spawn_grandchildren_and_block(pids_path, release):
+    """Start two grandchildren: one in our process group, one in its own session."""
+    same_group = subprocess.Popen(["sleep", "300"])
+    own_session = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    write_atomic(pids_path, f"{os.getpid()} {same_group.pid} {own_session.pid}")
+    _wait_for_file(release)
+    return "released"
+
+
+# ---------------------------------------------------------------- memory
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def pid_and_rss():
+    return os.getpid(), rss_bytes()
+
+
+def allocate_and_keep(nbytes):
+    """Allocate `nbytes` (touched) and keep them alive after the task returns."""
+    _KEPT.append(b"\x01" * nbytes)
+    return os.getpid(), rss_bytes()
+
+
+def fragment_heap(count=32768, size=2000, keep_every=64):
+    """Leave the glibc heap full of free holes: RSS stays high until malloc_trim.
+
+    Blocks of 2000 bytes bypass pymalloc and come from malloc; keeping every
+    64th one alive pins the heap so glibc cannot shrink it by itself.
+    Returns (pid, rss after freeing)."""
+    blocks = [b"x" * size for _ in range(count)]
+    _KEPT.extend(blocks[::keep_every])
+    del blocks
+    return os.getpid(), rss_bytes()
+
+
+def fragment_then_trim_memory():
+    """Fragment the heap, then call deadpool.trim_memory(); return (rss before, rss after)."""
+    import deadpool
+
+    _pid, before = fragment_heap()
+    deadpool.trim_memory()
+    return before, rss_bytes()
+
+
+# ---------------------------------------------------------------- init / final / env
+
+
+def init_record(path, *args):
+    """Initializer: remember args, log pid, args and the environment variable it sees."""
+    global INIT_STATE
+    INIT_STATE = args
+    append_line(path, f"init {os.getpid()} {os.environ.get('DP_TEST_VAR')!r} {args!r}")
+
+
+def init_state():
+    return os.getpid(), INIT_STATE, os.environ.get("DP_TEST_VAR")
+
+
+def init_raise_with_log_file(log_path, message):
+    """Initializer that routes the 'deadpool' logger to a file, then raises."""
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    logging.getLogger("deadpool").addHandler(handler)
+    raise RuntimeError(message)
+
+
+def init_register_atexit(log_path):
+    atexit.register(append_line, log_path, f"atexit {os.getpid()}")
+
+
+def final_record(log_path, tag):
+    append_line(log_path, f"final {os.getpid()} {tag}")
+
+
+def final_raise():
+    raise RuntimeError("finalizer failed on purpose")
+
+
+def get_env(name):
+    return os.environ.get(name)
+
+
+def env_and_marker(name):
+    return os.environ.get(name), MARKER
+
+
+# ---------------------------------------------------------------- nesting
+
+
+def nested_pool_squares(n):
+    import deadpool
+
+    with deadpool.Deadpool(max_workers=2) as exe:
+        return os.getpid(), list(exe.map(square, range(n)))
+
+
+def run_multiprocessing_child(path):
+    """Start a plain multiprocessing child from inside a worker."""
+    ctx = multiprocessing.get_context("fork")
+    proc = ctx.Process(target=append_line, args=(path, f"child of {os.getpid()}"))
+    proc.start()
+    proc.join(30)
+    return proc.exitcode

@@ -1,0 +1,132 @@
+"""Bad input raises TypeError/ValueError naming the parameter and leaves the pool working."""
+
+from __future__ import annotations
+
+import deadpool
+import pytest
+
+from tests import tasks
+from tests.helpers import pool
+
+# ---------------------------------------------------------------- constructor
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc_types", "param"),
+    [
+        pytest.param(dict(max_workers=0), ValueError, "max_workers", id="max_workers=0"),
+        pytest.param(dict(max_workers=-3), ValueError, "max_workers", id="max_workers<0"),
+        pytest.param(
+            dict(max_workers="2"), (TypeError, ValueError), "max_workers", id="max_workers=str"
+        ),
+        pytest.param(dict(max_backlog=-1), ValueError, "max_backlog", id="max_backlog<0"),
+        pytest.param(dict(max_workers=2, min_workers=3), ValueError, "min_workers", id="min>max"),
+        pytest.param(dict(min_workers=-1), ValueError, "min_workers", id="min_workers<0"),
+        pytest.param(dict(mp_context="bogus"), ValueError, "mp_context", id="mp_context=bogus"),
+        pytest.param(
+            dict(mp_context=42), (TypeError, ValueError), "mp_context", id="mp_context=42"
+        ),
+        pytest.param(dict(no_such_option=1), TypeError, "no_such_option", id="unknown-keyword"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, exc_types, param):
+    with pytest.raises(exc_types) as info:
+        deadpool.Deadpool(**kwargs)
+    assert param in str(info.value), f"{param!r} not named in {info.value!r}"
+
+
+def test_min_workers_equal_to_max_workers_is_fine():
+    with pool(max_workers=2, min_workers=2) as exe:
+        assert exe.submit(tasks.square, 2).result(timeout=30) == 4
+
+
+def test_min_workers_zero_is_fine():
+    with pool(max_workers=1, min_workers=0) as exe:
+        assert exe.submit(tasks.square, 2).result(timeout=30) == 4
+
+
+# ---------------------------------------------------------------- submit
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "exc_types", "param"),
+    [
+        pytest.param((42,), {}, TypeError, "fn", id="non-callable-fn"),
+        pytest.param(("tasks.square",), {}, TypeError, "fn", id="string-fn"),
+        pytest.param(
+            (tasks.square, 1),
+            dict(deadpool_timeout="1"),
+            TypeError,
+            "deadpool_timeout",
+            id="timeout=str",
+        ),
+        pytest.param(
+            (tasks.square, 1),
+            dict(deadpool_timeout=[1]),
+            TypeError,
+            "deadpool_timeout",
+            id="timeout=list",
+        ),
+        pytest.param(
+            (tasks.square, 1),
+            dict(deadpool_timeout=-1),
+            ValueError,
+            "deadpool_timeout",
+            id="timeout<0",
+        ),
+        pytest.param(
+            (tasks.square, 1),
+            dict(deadpool_priority=-1),
+            ValueError,
+            "deadpool_priority",
+            id="priority<0",
+        ),
+        pytest.param(
+            (tasks.square, 1),
+            dict(deadpool_priority=1.5),
+            TypeError,
+            "deadpool_priority",
+            id="priority=float",
+        ),
+        pytest.param(
+            (tasks.square, 1),
+            dict(deadpool_priority="0"),
+            TypeError,
+            "deadpool_priority",
+            id="priority=str",
+        ),
+        pytest.param(
+            (tasks.square, 1),
+            dict(deadpool_priority=None),
+            TypeError,
+            "deadpool_priority",
+            id="priority=None",
+        ),
+    ],
+)
+def test_bad_submit_arguments_leave_the_pool_working(args, kwargs, exc_types, param):
+    with pool(max_workers=1) as exe:
+        with pytest.raises(exc_types) as info:
+            exe.submit(*args, **kwargs)
+        assert param in str(info.value), f"{param!r} not named in {info.value!r}"
+        assert exe.submit(tasks.square, 3).result(timeout=30) == 9
+        assert exe.get_statistics()["tasks_received"] == 1
+
+
+def test_integer_and_float_timeouts_are_accepted():
+    with pool(max_workers=1) as exe:
+        assert exe.submit(tasks.square, 2, deadpool_timeout=30).result(timeout=30) == 4
+        assert exe.submit(tasks.square, 3, deadpool_timeout=30.5).result(timeout=30) == 9
+        assert exe.submit(tasks.square, 4, deadpool_timeout=None).result(timeout=30) == 16
+
+
+def test_pool_survives_a_burst_of_bad_calls():
+    with pool(max_workers=2) as exe:
+        for bad in (
+            lambda: exe.submit(None),
+            lambda: exe.submit(tasks.square, 1, deadpool_priority=-5),
+            lambda: exe.submit(tasks.square, 1, deadpool_timeout="soon"),
+        ):
+            with pytest.raises((TypeError, ValueError)):
+                bad()
+        assert list(exe.map(tasks.square, range(5))) == [0, 1, 4, 9, 16]

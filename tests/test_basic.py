@@ -1,0 +1,160 @@
+"""The drop-in basics: package surface, the simple case, argument passing."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.metadata
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import deadpool
+import pytest
+
+from tests import tasks
+from tests.helpers import pool, stats_settle
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PUBLIC_NAMES = [
+    "Deadpool",
+    "Future",
+    "as_completed",
+    "CancelledError",
+    "TimeoutError",
+    "ProcessError",
+    "PoolClosed",
+    "trim_memory",
+]
+
+
+def f():
+    return 123
+
+
+def test_simple_case_from_the_readme():
+    with deadpool.Deadpool() as exe:
+        fut = exe.submit(f)
+        result = fut.result(timeout=30)
+    assert result == 123
+
+
+@pytest.mark.parametrize("name", PUBLIC_NAMES)
+def test_public_names_exported(name):
+    assert hasattr(deadpool, name)
+    assert name in deadpool.__all__
+
+
+def test_exception_hierarchy():
+    assert issubclass(deadpool.TimeoutError, concurrent.futures.TimeoutError)
+    assert issubclass(deadpool.ProcessError, multiprocessing.ProcessError)
+    assert issubclass(deadpool.PoolClosed, RuntimeError)
+    assert issubclass(deadpool.CancelledError, concurrent.futures.CancelledError)
+    assert issubclass(deadpool.Future, concurrent.futures.Future)
+    assert issubclass(deadpool.Deadpool, concurrent.futures.Executor)
+
+
+def test_version_matches_cargo_and_metadata():
+    cargo_toml = (ROOT / "Cargo.toml").read_text()
+    cargo = re.search(r'(?m)^version\s*=\s*"([^"]+)"', cargo_toml).group(1)
+    assert isinstance(deadpool.__version__, str)
+    assert deadpool.__version__ == importlib.metadata.version("deadpool-executor")
+    if "-" not in cargo:  # no pre-release suffix to normalise
+        assert deadpool.__version__ == cargo
+
+
+def test_submit_returns_deadpool_future():
+    with pool(max_workers=1) as exe:
+        fut = exe.submit(tasks.return_value, 1)
+        assert isinstance(fut, deadpool.Future)
+        assert isinstance(fut, concurrent.futures.Future)
+        assert fut.result(timeout=30) == 1
+
+
+def test_positional_and_keyword_arguments_reach_the_task():
+    with pool(max_workers=1) as exe:
+        fut = exe.submit(tasks.echo_args, 1, "two", [3], key="value", other=None)
+        assert fut.result(timeout=30) == ((1, "two", [3]), {"key": "value", "other": None})
+
+
+def test_keyword_named_fn_reaches_the_task():
+    # fn is positional-only, so a task may take a keyword argument called "fn".
+    with pool(max_workers=1) as exe:
+        fut = exe.submit(tasks.echo_args, fn="mine")
+        assert fut.result(timeout=30) == ((), {"fn": "mine"})
+
+
+def test_runs_in_another_process():
+    with pool(max_workers=2) as exe:
+        pid = exe.submit(tasks.get_pid).result(timeout=30)
+    assert pid != os.getpid()
+
+
+def test_many_tasks_all_resolve_correctly():
+    with pool(max_workers=2, max_backlog=20) as exe:
+        futs = [exe.submit(tasks.square, i) for i in range(300)]
+        assert [fut.result(timeout=60) for fut in futs] == [i * i for i in range(300)]
+
+
+def test_large_argument_and_result_round_trip():
+    payload = os.urandom(8 * 1024 * 1024)
+    with pool(max_workers=1) as exe:
+        assert exe.submit(tasks.length_of, payload).result(timeout=60) == len(payload)
+        assert exe.submit(tasks.big_bytes, 16 * 1024 * 1024).result(timeout=60) == (
+            b"\xab" * (16 * 1024 * 1024)
+        )
+
+
+def test_default_max_workers_is_cpu_affinity_and_precreated():
+    expected = len(os.sched_getaffinity(0))
+    with pool() as exe:
+        # The pool precreates max_workers workers without any task submitted.
+        stats = stats_settle(exe, worker_processes_still_alive=expected)
+        assert stats["worker_processes_created"] == expected
+        assert stats["worker_processes_idle"] == expected
+
+
+@pytest.mark.parametrize("daemon", [True, False])
+def test_daemon_flag_is_accepted(daemon):
+    with pool(max_workers=1, daemon=daemon) as exe:
+        assert exe.submit(tasks.add, 2, 3).result(timeout=30) == 5
+
+
+def test_trim_memory_in_parent_process():
+    deadpool.trim_memory()
+
+
+QUIET_SCRIPT = """
+import deadpool
+from tests import tasks
+
+with deadpool.Deadpool(max_workers=2) as exe:
+    futs = [
+        exe.submit(tasks.square, 3),
+        exe.submit(tasks.raise_value_error, "x"),
+        exe.submit(tasks.exit_with, 3),
+        exe.submit(tasks.sleep_then_return, 300, deadpool_timeout=0.3),
+    ]
+    outcomes = [type(f.exception(timeout=60)).__name__ for f in futs]
+print("DONE", outcomes)
+"""
+
+
+def test_library_prints_nothing_to_stdout(tmp_path):
+    # Diagnostics go through logging (logger "deadpool"), never print().
+    script = tmp_path / "quiet.py"
+    script.write_text(QUIET_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=str(tmp_path),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "DONE ['NoneType', 'ValueError', 'ProcessError', 'TimeoutError']\n"
