@@ -40,12 +40,18 @@ pub struct Backlog {
 
 /// A panic elsewhere must not wedge the pool, so a poisoned lock is still used.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Backlog {
     pub fn new(bound: usize) -> Self {
-        Backlog { queue: Mutex::new(Queue::default()), space: Condvar::new(), bound }
+        Backlog {
+            queue: Mutex::new(Queue::default()),
+            space: Condvar::new(),
+            bound,
+        }
     }
 
     /// Adds a task. With `respect_bound` false the task is admitted past the
@@ -104,7 +110,10 @@ impl Backlog {
         queue.closed = true;
         let removed = if drain {
             queue.priority_of.clear();
-            std::mem::take(&mut queue.tasks).into_values().map(|t| t.id).collect()
+            std::mem::take(&mut queue.tasks)
+                .into_values()
+                .map(|t| t.id)
+                .collect()
         } else {
             Vec::new()
         };
@@ -133,7 +142,12 @@ mod tests {
     use std::time::Instant;
 
     fn task(id: u64, priority: u64) -> Task {
-        Task { id, priority, payload: vec![id as u8], timeout: None }
+        Task {
+            id,
+            priority,
+            payload: vec![id as u8],
+            timeout: None,
+        }
     }
 
     fn drain_ids(backlog: &Backlog) -> Vec<u64> {
@@ -158,7 +172,9 @@ mod tests {
             Err(PushError::Full(t)) => assert_eq!(t.id, 3),
             other => panic!("expected Full, got {other:?}"),
         }
-        backlog.push(task(3, 0), false).expect("admitted past the bound");
+        backlog
+            .push(task(3, 0), false)
+            .expect("admitted past the bound");
         assert_eq!(backlog.len(), 3);
     }
 
@@ -189,7 +205,10 @@ mod tests {
         backlog.push(task(2, 1), true).expect("push");
         let removed = backlog.close(true);
         assert_eq!(removed, vec![1, 2]);
-        assert!(matches!(backlog.push(task(3, 0), true), Err(PushError::Closed)));
+        assert!(matches!(
+            backlog.push(task(3, 0), true),
+            Err(PushError::Closed)
+        ));
         assert!(backlog.is_empty());
     }
 
@@ -214,7 +233,10 @@ mod tests {
         };
         let start = Instant::now();
         backlog.wait_for_space(Duration::from_secs(10));
-        assert!(start.elapsed() < Duration::from_secs(10), "woken by pop, not the timeout");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "woken by pop, not the timeout"
+        );
         assert!(consumer.join().expect("join").is_some());
         backlog.push(task(2, 0), true).expect("room now");
     }
@@ -232,6 +254,9 @@ mod tests {
         };
         backlog.wait_for_space(Duration::from_secs(10));
         closer.join().expect("join");
-        assert!(matches!(backlog.push(task(2, 0), true), Err(PushError::Closed)));
+        assert!(matches!(
+            backlog.push(task(2, 0), true),
+            Err(PushError::Closed)
+        ));
     }
 }

@@ -14,9 +14,15 @@ pub enum Command {
     /// Retire every idle worker now; replacements use the settings of that moment.
     ClearWorkers,
     /// The pickled settings for a new worker, made on request (`Event::NeedConfig`).
-    WorkerConfig { worker_id: u64, config: Result<Vec<u8>, String> },
+    WorkerConfig {
+        worker_id: u64,
+        config: Result<Vec<u8>, String>,
+    },
     /// The per-worker zygote forked on request (`Event::NeedFork`).
-    Forked { worker_id: u64, pid: Result<i32, String> },
+    Forked {
+        worker_id: u64,
+        pid: Result<i32, String>,
+    },
 }
 
 /// How a task ended.
@@ -36,12 +42,26 @@ pub enum Outcome {
 
 /// Notices for the completion thread, which runs them against Python.
 pub enum Event {
-    Started { task_id: u64, pid: i32 },
-    Finished { task_id: u64, outcome: Outcome },
+    Started {
+        task_id: u64,
+        pid: i32,
+    },
+    Finished {
+        task_id: u64,
+        outcome: Outcome,
+    },
     /// Make a new worker's settings now (they snapshot `propagate_environ`).
-    NeedConfig { worker_id: u64 },
+    NeedConfig {
+        worker_id: u64,
+    },
     /// Fork a per-worker zygote from the parent ("fork" start method).
-    NeedFork { worker_id: u64, child_end: OwnedFd },
+    NeedFork {
+        worker_id: u64,
+        child_end: OwnedFd,
+    },
     /// A message for the `deadpool` logger.
-    Log { level: log::Level, message: String },
+    Log {
+        level: log::Level,
+        message: String,
+    },
 }

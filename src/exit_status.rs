@@ -4,7 +4,10 @@
 pub fn describe_death(pid: i32, status: Option<i32>) -> String {
     match status {
         Some(raw) if libc::WIFEXITED(raw) => {
-            format!("Subprocess {pid} completed unexpectedly with exitcode {}", libc::WEXITSTATUS(raw))
+            format!(
+                "Subprocess {pid} completed unexpectedly with exitcode {}",
+                libc::WEXITSTATUS(raw)
+            )
         }
         Some(raw) if libc::WIFSIGNALED(raw) => {
             let signal = libc::WTERMSIG(raw);
@@ -15,7 +18,7 @@ pub fn describe_death(pid: i32, status: Option<i32>) -> String {
         }
         Some(raw) => format!("Subprocess {pid} completed unexpectedly with wait status {raw}"),
         None => format!(
-            "Subprocess {pid} was lost together with its zygote; its exit status is unknown"
+            "Subprocess {pid} completed unexpectedly; its exit status is unknown (its zygote had died)"
         ),
     }
 }
@@ -64,7 +67,10 @@ mod tests {
 
     #[test]
     fn exited_status_gives_the_code() {
-        assert_eq!(describe_death(5, Some(3 << 8)), "Subprocess 5 completed unexpectedly with exitcode 3");
+        assert_eq!(
+            describe_death(5, Some(3 << 8)),
+            "Subprocess 5 completed unexpectedly with exitcode 3"
+        );
     }
 
     #[test]

@@ -50,15 +50,17 @@ mod _core {
     /// written straight from the bytes object, uncopied.
     #[pyfunction]
     fn write_frame(py: Python<'_>, fd: i32, tag: u8, body: &[u8]) -> PyResult<()> {
-        let tag = protocol::Tag::from_byte(tag).ok_or_else(|| PyValueError::new_err("unknown frame tag"))?;
+        let tag = protocol::Tag::from_byte(tag)
+            .ok_or_else(|| PyValueError::new_err("unknown frame tag"))?;
         py.detach(|| worker_process::write_frame(fd, tag, body))?;
         Ok(())
     }
 
     /// Called by a worker right after the zygote forked it.
     #[pyfunction]
-    fn become_worker(zygote_pid: i32) -> PyResult<()> {
-        worker_process::become_worker(zygote_pid).map_err(|e| PyOSError::new_err(e.to_string()))
+    fn become_worker(zygote_pid: i32, die_with_zygote: bool) -> PyResult<()> {
+        worker_process::become_worker(zygote_pid, die_with_zygote)
+            .map_err(|e| PyOSError::new_err(e.to_string()))
     }
 
     /// Called by an exec'd zygote: orphans of its workers become its children,
@@ -77,7 +79,8 @@ mod _core {
     /// Called by a zygote forked from the parent ("fork" start method).
     #[pyfunction]
     fn become_forked_zygote(parent_pid: i32) -> PyResult<()> {
-        worker_process::become_forked_zygote(parent_pid).map_err(|e| PyOSError::new_err(e.to_string()))
+        worker_process::become_forked_zygote(parent_pid)
+            .map_err(|e| PyOSError::new_err(e.to_string()))
     }
 
     /// Returns freed heap memory to the OS (glibc `malloc_trim(0)`).

@@ -7,11 +7,11 @@
 //! where the pool's background work meets Python: it attaches once per batch of
 //! events and hands the whole batch to the shim's dispatcher.
 
+use crate::backlog::Backlog;
 use crate::backlog::{lock, PushError, Task};
 use crate::events::{Command, Event, Outcome};
-use crate::supervisor::{Settings, Shared, StartMethod, Supervisor};
-use crate::backlog::Backlog;
 use crate::stats::Stats;
+use crate::supervisor::{Settings, Shared, StartMethod, Supervisor};
 use crate::waker::Waker;
 use crate::zygote::ZygoteLaunch;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -80,7 +80,9 @@ fn parse_start_method(name: &str) -> PyResult<StartMethod> {
         "forkserver" => Ok(StartMethod::Forkserver),
         "spawn" => Ok(StartMethod::Spawn),
         "fork" => Ok(StartMethod::Fork),
-        other => Err(PyValueError::new_err(format!("unknown start method {other:?}"))),
+        other => Err(PyValueError::new_err(format!(
+            "unknown start method {other:?}"
+        ))),
     }
 }
 
@@ -125,20 +127,30 @@ impl Pool {
         let (event_tx, event_rx) = crossbeam_channel::unbounded();
         let finished = Arc::new(Finished::default());
         let completion_thread = Arc::new(OnceLock::new());
-        let callbacks = Callbacks { dispatch, make_config, fork_zygote };
+        let callbacks = Callbacks {
+            dispatch,
+            make_config,
+            fork_zygote,
+        };
 
         let supervisor = Supervisor::new(Arc::clone(&shared), settings, command_rx, event_tx);
         let supervisor_thread = std::thread::Builder::new()
             .name("deadpool-supervisor".into())
             .spawn(move || supervisor.run())?;
         let completion = {
-            let (commands, shared, finished, thread_id) =
-                (command_tx.clone(), Arc::clone(&shared), Arc::clone(&finished), Arc::clone(&completion_thread));
-            std::thread::Builder::new().name("deadpool-completion".into()).spawn(move || {
-                let _ = thread_id.set(std::thread::current().id());
-                completion_loop(event_rx, commands, &shared, callbacks);
-                finished.set();
-            })?
+            let (commands, shared, finished, thread_id) = (
+                command_tx.clone(),
+                Arc::clone(&shared),
+                Arc::clone(&finished),
+                Arc::clone(&completion_thread),
+            );
+            std::thread::Builder::new()
+                .name("deadpool-completion".into())
+                .spawn(move || {
+                    let _ = thread_id.set(std::thread::current().id());
+                    completion_loop(event_rx, commands, &shared, callbacks);
+                    finished.set();
+                })?
         };
         Ok(Pool {
             shared,
@@ -163,8 +175,16 @@ impl Pool {
         timeout: Option<f64>,
         respect_bound: bool,
     ) -> PyResult<bool> {
-        let timeout = timeout.map(Duration::try_from_secs_f64).transpose().map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let mut task = Task { id: task_id, priority, payload: payload.to_vec(), timeout };
+        let timeout = timeout
+            .map(Duration::try_from_secs_f64)
+            .transpose()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let mut task = Task {
+            id: task_id,
+            priority,
+            payload: payload.to_vec(),
+            timeout,
+        };
         loop {
             match self.shared.backlog.push(task, respect_bound) {
                 Ok(()) => {
@@ -190,7 +210,14 @@ impl Pool {
             return Ok(1);
         }
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-        if self.commands.send(Command::Cancel { task_id, reply: reply_tx }).is_err() {
+        if self
+            .commands
+            .send(Command::Cancel {
+                task_id,
+                reply: reply_tx,
+            })
+            .is_err()
+        {
             return Ok(0);
         }
         self.shared.waker.wake();
@@ -218,7 +245,9 @@ impl Pool {
         let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
             let slice = match deadline {
-                Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(SIGNAL_CHECK_INTERVAL),
+                Some(deadline) => deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(SIGNAL_CHECK_INTERVAL),
                 None => SIGNAL_CHECK_INTERVAL,
             };
             let finished = &self.finished;
@@ -286,7 +315,12 @@ fn wait_reply<T: Send>(py: Python<'_>, reply: &Receiver<T>) -> PyResult<Option<T
     }
 }
 
-fn completion_loop(events: Receiver<Event>, commands: Sender<Command>, shared: &Shared, callbacks: Callbacks) {
+fn completion_loop(
+    events: Receiver<Event>,
+    commands: Sender<Command>,
+    shared: &Shared,
+    callbacks: Callbacks,
+) {
     while let Ok(first) = events.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -320,7 +354,10 @@ fn deliver(py: Python<'_>, batch: Vec<Event>, callbacks: &Callbacks, commands: &
                 let _ = commands.send(Command::WorkerConfig { worker_id, config });
                 continue;
             }
-            Event::NeedFork { worker_id, child_end } => {
+            Event::NeedFork {
+                worker_id,
+                child_end,
+            } => {
                 let pid = fork_zygote(py, callbacks.fork_zygote.as_ref(), child_end);
                 let _ = commands.send(Command::Forked { worker_id, pid });
                 continue;
@@ -351,7 +388,15 @@ fn dispatch_item<'py>(
     payload: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let payload = payload.unwrap_or_else(|| py.None().into_bound(py));
-    PyTuple::new(py, [kind.into_pyobject(py)?.into_any(), task_id.into_pyobject(py)?.into_any(), pid.into_pyobject(py)?.into_any(), payload])
+    PyTuple::new(
+        py,
+        [
+            kind.into_pyobject(py)?.into_any(),
+            task_id.into_pyobject(py)?.into_any(),
+            pid.into_pyobject(py)?.into_any(),
+            payload,
+        ],
+    )
 }
 
 fn finished_item(py: Python<'_>, task_id: u64, outcome: Outcome) -> PyResult<Bound<'_, PyTuple>> {
@@ -368,13 +413,22 @@ fn finished_item(py: Python<'_>, task_id: u64, outcome: Outcome) -> PyResult<Bou
 fn call_for_bytes(py: Python<'_>, callable: Option<&Py<PyAny>>) -> Result<Vec<u8>, String> {
     let callable = callable.ok_or("no settings factory was given")?;
     let result = callable.call0(py).map_err(|e| e.to_string())?;
-    let bytes = result.bind(py).cast::<PyBytes>().map_err(|e| e.to_string())?;
+    let bytes = result
+        .bind(py)
+        .cast::<PyBytes>()
+        .map_err(|e| e.to_string())?;
     Ok(bytes.as_bytes().to_vec())
 }
 
-fn fork_zygote(py: Python<'_>, callable: Option<&Py<PyAny>>, child_end: OwnedFd) -> Result<i32, String> {
+fn fork_zygote(
+    py: Python<'_>,
+    callable: Option<&Py<PyAny>>,
+    child_end: OwnedFd,
+) -> Result<i32, String> {
     let callable = callable.ok_or("no fork function was given")?;
-    let result = callable.call1(py, (child_end.as_raw_fd(),)).map_err(|e| e.to_string())?;
+    let result = callable
+        .call1(py, (child_end.as_raw_fd(),))
+        .map_err(|e| e.to_string())?;
     drop(child_end);
     result.extract::<i32>(py).map_err(|e| e.to_string())
 }

@@ -61,7 +61,9 @@ impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FrameError::UnknownTag(tag) => write!(f, "corrupt frame: unknown tag {tag}"),
-            FrameError::TooLarge(len) => write!(f, "corrupt frame: body length {len} is implausible"),
+            FrameError::TooLarge(len) => {
+                write!(f, "corrupt frame: body length {len} is implausible")
+            }
         }
     }
 }
@@ -91,7 +93,9 @@ pub enum ReadOutcome {
     /// The source has nothing more for now (`WouldBlock`).
     Pending,
     /// End of stream. `mid_frame` says whether a partial frame was lost.
-    Eof { mid_frame: bool },
+    Eof {
+        mid_frame: bool,
+    },
     Corrupt(FrameError),
 }
 
@@ -116,7 +120,12 @@ impl FrameReader {
     }
 
     pub fn with_limit(limit: u64) -> Self {
-        FrameReader { header: [0; HEADER_LEN], header_filled: 0, body: None, limit }
+        FrameReader {
+            header: [0; HEADER_LEN],
+            header_filled: 0,
+            body: None,
+            limit,
+        }
     }
 
     /// Reads until one frame is complete, the source would block, or it ends.
@@ -178,7 +187,11 @@ pub struct PendingWrite {
 impl PendingWrite {
     pub fn new(tag: Tag, body: Vec<u8>) -> Self {
         let header = encode_header(tag, body.len());
-        PendingWrite { header, body, written: 0 }
+        PendingWrite {
+            header,
+            body,
+            written: 0,
+        }
     }
 
     fn total(&self) -> usize {
@@ -265,14 +278,28 @@ mod tests {
         assert_eq!(bytes.len(), HEADER_LEN + 5);
         let mut reader = FrameReader::new();
         let outcome = reader.read_from(&mut Cursor::new(bytes)).expect("read");
-        assert_eq!(outcome, ReadOutcome::Frame(Frame { tag: Tag::Ok, body: b"hello".to_vec() }));
+        assert_eq!(
+            outcome,
+            ReadOutcome::Frame(Frame {
+                tag: Tag::Ok,
+                body: b"hello".to_vec()
+            })
+        );
     }
 
     #[test]
     fn empty_body_is_a_frame() {
         let mut reader = FrameReader::new();
-        let outcome = reader.read_from(&mut Cursor::new(encode(Tag::Retire, b""))).expect("read");
-        assert_eq!(outcome, ReadOutcome::Frame(Frame { tag: Tag::Retire, body: vec![] }));
+        let outcome = reader
+            .read_from(&mut Cursor::new(encode(Tag::Retire, b"")))
+            .expect("read");
+        assert_eq!(
+            outcome,
+            ReadOutcome::Frame(Frame {
+                tag: Tag::Retire,
+                body: vec![]
+            })
+        );
     }
 
     #[test]
@@ -290,27 +317,37 @@ mod tests {
         bytes[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
         let mut reader = FrameReader::new();
         let outcome = reader.read_from(&mut Cursor::new(bytes)).expect("read");
-        assert_eq!(outcome, ReadOutcome::Corrupt(FrameError::TooLarge(u64::MAX)));
+        assert_eq!(
+            outcome,
+            ReadOutcome::Corrupt(FrameError::TooLarge(u64::MAX))
+        );
     }
 
     #[test]
     fn lengths_are_64_bit() {
         let header = encode_header(Tag::Task, (5u64 << 32) as usize);
-        assert_eq!(decode_header(&header, MAX_BODY_LEN), Ok((Tag::Task, 5u64 << 32)));
+        assert_eq!(
+            decode_header(&header, MAX_BODY_LEN),
+            Ok((Tag::Task, 5u64 << 32))
+        );
     }
 
     #[test]
     fn truncated_frame_reports_mid_frame_eof() {
         let bytes = encode(Tag::Ok, b"abcdef");
         let mut reader = FrameReader::new();
-        let outcome = reader.read_from(&mut Cursor::new(&bytes[..12])).expect("read");
+        let outcome = reader
+            .read_from(&mut Cursor::new(&bytes[..12]))
+            .expect("read");
         assert_eq!(outcome, ReadOutcome::Eof { mid_frame: true });
     }
 
     #[test]
     fn clean_eof_between_frames() {
         let mut reader = FrameReader::new();
-        let outcome = reader.read_from(&mut Cursor::new(Vec::new())).expect("read");
+        let outcome = reader
+            .read_from(&mut Cursor::new(Vec::new()))
+            .expect("read");
         assert_eq!(outcome, ReadOutcome::Eof { mid_frame: false });
     }
 
@@ -338,7 +375,10 @@ mod tests {
 
     #[test]
     fn pending_write_resumes_after_would_block() {
-        let mut sink = Narrow { out: Vec::new(), room: 3 };
+        let mut sink = Narrow {
+            out: Vec::new(),
+            room: 3,
+        };
         let mut pending = PendingWrite::new(Tag::Task, b"0123456789".to_vec());
         let mut rounds = 0;
         while !pending.write_to(&mut sink).expect("write") {

@@ -24,10 +24,12 @@ pub struct Census {
 
 impl Stats {
     pub fn publish(&self, census: Census) {
-        self.worker_processes_still_alive.store(census.alive, Relaxed);
+        self.worker_processes_still_alive
+            .store(census.alive, Relaxed);
         self.worker_processes_idle.store(census.idle, Relaxed);
         self.worker_processes_busy.store(census.busy, Relaxed);
-        self.max_workers_busy_concurrently.fetch_max(census.busy, Relaxed);
+        self.max_workers_busy_concurrently
+            .fetch_max(census.busy, Relaxed);
     }
 
     pub fn add(counter: &AtomicU64) {
@@ -40,11 +42,26 @@ impl Stats {
             ("tasks_received", self.tasks_received.load(Relaxed)),
             ("tasks_launched", self.tasks_launched.load(Relaxed)),
             ("tasks_failed", self.tasks_failed.load(Relaxed)),
-            ("worker_processes_created", self.worker_processes_created.load(Relaxed)),
-            ("max_workers_busy_concurrently", self.max_workers_busy_concurrently.load(Relaxed)),
-            ("worker_processes_still_alive", self.worker_processes_still_alive.load(Relaxed)),
-            ("worker_processes_idle", self.worker_processes_idle.load(Relaxed)),
-            ("worker_processes_busy", self.worker_processes_busy.load(Relaxed)),
+            (
+                "worker_processes_created",
+                self.worker_processes_created.load(Relaxed),
+            ),
+            (
+                "max_workers_busy_concurrently",
+                self.max_workers_busy_concurrently.load(Relaxed),
+            ),
+            (
+                "worker_processes_still_alive",
+                self.worker_processes_still_alive.load(Relaxed),
+            ),
+            (
+                "worker_processes_idle",
+                self.worker_processes_idle.load(Relaxed),
+            ),
+            (
+                "worker_processes_busy",
+                self.worker_processes_busy.load(Relaxed),
+            ),
         ]
     }
 }
@@ -56,8 +73,16 @@ mod tests {
     #[test]
     fn busy_maximum_only_grows() {
         let stats = Stats::default();
-        stats.publish(Census { alive: 3, idle: 0, busy: 3 });
-        stats.publish(Census { alive: 3, idle: 2, busy: 1 });
+        stats.publish(Census {
+            alive: 3,
+            idle: 0,
+            busy: 3,
+        });
+        stats.publish(Census {
+            alive: 3,
+            idle: 2,
+            busy: 1,
+        });
         let snapshot = stats.snapshot();
         assert_eq!(snapshot[4], ("max_workers_busy_concurrently", 3));
         assert_eq!(snapshot[7], ("worker_processes_busy", 1));

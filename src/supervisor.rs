@@ -15,7 +15,10 @@ use crate::process_tree;
 use crate::protocol::{Frame, FrameReader, PendingWrite, ReadOutcome, Tag};
 use crate::stats::{Census, Stats};
 use crate::waker::Waker;
-use crate::zygote::{self, WorkerChannels, Zygote, ZygoteLaunch, STATUS_KIND_EXIT, STATUS_KIND_PID, STATUS_RECORD_LEN};
+use crate::zygote::{
+    self, WorkerChannels, Zygote, ZygoteLaunch, STATUS_KIND_EXIT, STATUS_KIND_PID,
+    STATUS_RECORD_LEN,
+};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
@@ -60,11 +63,18 @@ enum State {
     /// Spawned; its settings are on the way and `Ready` has not arrived.
     Starting,
     Idle,
-    Busy { task_id: u64, deadline: Option<Instant> },
+    Busy {
+        task_id: u64,
+        deadline: Option<Instant>,
+    },
     /// Told to run its finalizer and exit.
-    Retiring { deadline: Instant },
+    Retiring {
+        deadline: Instant,
+    },
     /// Broke its pipe or protocol; its task (if any) fails once the exit status is in.
-    Dying { task_id: Option<u64> },
+    Dying {
+        task_id: Option<u64>,
+    },
     /// Killed by us (timeout, cancel, shutdown); its task is already resolved.
     Killed,
 }
@@ -81,6 +91,9 @@ struct Worker {
     state: State,
     tasks_done: u64,
     result_open: bool,
+    /// False once the zygote closed the status pipe. Without an exit record
+    /// that means the zygote died; the worker itself may live on, orphaned.
+    status_open: bool,
     exited: bool,
     exit_status: Option<i32>,
     retire_when_ready: bool,
@@ -101,6 +114,7 @@ impl Worker {
             state: State::Starting,
             tasks_done: 0,
             result_open: true,
+            status_open: true,
             exited: false,
             exit_status: None,
             retire_when_ready: false,
@@ -109,7 +123,10 @@ impl Worker {
     }
 
     fn is_serving(&self) -> bool {
-        matches!(self.state, State::Starting | State::Idle | State::Busy { .. })
+        matches!(
+            self.state,
+            State::Starting | State::Idle | State::Busy { .. }
+        )
     }
 
     fn kill(&mut self) {
@@ -138,10 +155,18 @@ pub struct Supervisor {
     spawn_blocked_until: Option<Instant>,
     startup_failures: u32,
     zygotes_to_reap: Vec<Zygote>,
+    /// Until when to look for the shared zygote's death (seen as a status
+    /// pipe closing without an exit record), so it does not stay a zombie.
+    check_shared_zygote_until: Option<Instant>,
 }
 
 impl Supervisor {
-    pub fn new(shared: Arc<Shared>, settings: Settings, commands: Receiver<Command>, events: Sender<Event>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        settings: Settings,
+        commands: Receiver<Command>,
+        events: Sender<Event>,
+    ) -> Self {
         Supervisor {
             shared,
             settings,
@@ -153,6 +178,7 @@ impl Supervisor {
             spawn_blocked_until: None,
             startup_failures: 0,
             zygotes_to_reap: Vec::new(),
+            check_shared_zygote_until: None,
         }
     }
 
@@ -171,7 +197,9 @@ impl Supervisor {
             if self.finished() {
                 break;
             }
-            let timeout = self.next_wakeup().map(|at| at.saturating_duration_since(Instant::now()));
+            let timeout = self
+                .next_wakeup()
+                .map(|at| at.saturating_duration_since(Instant::now()));
             self.wait_for_io(timeout);
         }
         self.wait_for_zygotes();
@@ -189,7 +217,10 @@ impl Supervisor {
     }
 
     fn finish_task(&self, task_id: u64, outcome: Outcome) {
-        if matches!(outcome, Outcome::Raised(_) | Outcome::TimedOut | Outcome::Lost(_)) {
+        if matches!(
+            outcome,
+            Outcome::Raised(_) | Outcome::TimedOut | Outcome::Lost(_)
+        ) {
             Stats::add(&self.shared.stats.tasks_failed);
         }
         self.emit(Event::Finished { task_id, outcome });
@@ -267,12 +298,19 @@ impl Supervisor {
 
     fn deliver_config(&mut self, worker_id: u64, config: Result<Vec<u8>, String>) {
         if let Err(message) = &config {
-            self.log(log::Level::Error, format!("could not make a worker's settings: {message}"));
+            self.log(
+                log::Level::Error,
+                format!("could not make a worker's settings: {message}"),
+            );
         }
-        let Some(worker) = self.workers.get_mut(&worker_id) else { return };
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
         match config {
             Ok(config) => {
-                worker.outbox.push_front(PendingWrite::new(Tag::Config, config));
+                worker
+                    .outbox
+                    .push_front(PendingWrite::new(Tag::Config, config));
                 flush(worker);
             }
             Err(_) => {
@@ -304,7 +342,10 @@ impl Supervisor {
             }),
             StartMethod::Fork => zygote::fork_control_pair().map(|(parent_end, child_end)| {
                 worker.fork_control = Some(parent_end);
-                self.emit(Event::NeedFork { worker_id: id, child_end });
+                self.emit(Event::NeedFork {
+                    worker_id: id,
+                    child_end,
+                });
             }),
         };
         if let Err(error) = started {
@@ -321,7 +362,9 @@ impl Supervisor {
     fn send_config(&self, worker_id: u64, worker: &mut Worker) {
         match &self.settings.static_config {
             Some(config) => {
-                worker.outbox.push_front(PendingWrite::new(Tag::Config, config.clone()));
+                worker
+                    .outbox
+                    .push_front(PendingWrite::new(Tag::Config, config.clone()));
                 flush(worker);
             }
             None => self.emit(Event::NeedConfig { worker_id }),
@@ -329,8 +372,12 @@ impl Supervisor {
     }
 
     fn adopt_forked_zygote(&mut self, worker_id: u64, pid: Result<i32, String>) {
-        let Some(mut worker) = self.workers.remove(&worker_id) else { return };
-        let Some(control) = worker.fork_control.take() else { return };
+        let Some(mut worker) = self.workers.remove(&worker_id) else {
+            return;
+        };
+        let Some(control) = worker.fork_control.take() else {
+            return;
+        };
         let zygote = match pid {
             Ok(pid) => Zygote::adopt(pid, control),
             Err(message) => {
@@ -361,7 +408,10 @@ impl Supervisor {
         let factor = 1u32 << self.startup_failures.min(8).saturating_sub(1);
         let backoff = (SPAWN_BACKOFF_FIRST * factor).min(SPAWN_BACKOFF_MAX);
         self.spawn_blocked_until = Some(Instant::now() + backoff);
-        let anyone_serving = self.workers.values().any(|w| matches!(w.state, State::Idle | State::Busy { .. }));
+        let anyone_serving = self
+            .workers
+            .values()
+            .any(|w| matches!(w.state, State::Idle | State::Busy { .. }));
         if !anyone_serving {
             if let Some(task) = self.shared.backlog.pop() {
                 self.finish_task(task.id, Outcome::Lost(message.to_string()));
@@ -370,7 +420,10 @@ impl Supervisor {
     }
 
     fn maintain_workers(&mut self) {
-        if self.spawn_blocked_until.is_some_and(|until| Instant::now() < until) {
+        if self
+            .spawn_blocked_until
+            .is_some_and(|until| Instant::now() < until)
+        {
             return;
         }
         self.spawn_blocked_until = None;
@@ -381,10 +434,15 @@ impl Supervisor {
             .filter(|w| matches!(w.state, State::Idle | State::Starting) && !w.retire_when_ready)
             .count();
         let waiting = self.shared.backlog.len();
-        let floor = if self.closing { 0 } else { self.settings.min_workers };
+        let floor = if self.closing {
+            0
+        } else {
+            self.settings.min_workers
+        };
         let wanted_for_floor = floor.saturating_sub(serving);
-        let wanted_for_backlog =
-            waiting.saturating_sub(available).min(self.settings.max_workers.saturating_sub(serving));
+        let wanted_for_backlog = waiting
+            .saturating_sub(available)
+            .min(self.settings.max_workers.saturating_sub(serving));
         for _ in 0..wanted_for_floor.max(wanted_for_backlog) {
             self.spawn_worker();
         }
@@ -408,11 +466,18 @@ impl Supervisor {
     fn after_task(&mut self, worker_id: u64) {
         let serving = self.workers.values().filter(|w| w.is_serving()).count();
         let backlog_empty = self.shared.backlog.is_empty();
-        let Some(worker) = self.workers.get_mut(&worker_id) else { return };
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
         worker.tasks_done += 1;
-        let used_up = self.settings.max_tasks_per_child.is_some_and(|max| worker.tasks_done >= max);
+        let used_up = self
+            .settings
+            .max_tasks_per_child
+            .is_some_and(|max| worker.tasks_done >= max);
         let too_big = match (self.settings.max_worker_memory_bytes, worker.pid) {
-            (Some(bound), Some(pid)) => process_tree::rss_bytes(pid).is_some_and(|rss| rss >= bound),
+            (Some(bound), Some(pid)) => {
+                process_tree::rss_bytes(pid).is_some_and(|rss| rss >= bound)
+            }
             _ => false,
         };
         let surplus = backlog_empty && serving > self.settings.min_workers;
@@ -426,17 +491,33 @@ impl Supervisor {
     // ----- dispatch and deadlines -----------------------------------------
 
     fn dispatch(&mut self) {
-        let idle: Vec<u64> =
-            self.workers.iter().filter(|(_, w)| matches!(w.state, State::Idle)).map(|(id, _)| *id).collect();
+        let idle: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| matches!(w.state, State::Idle))
+            .map(|(id, _)| *id)
+            .collect();
         for worker_id in idle {
-            let Some(task) = self.shared.backlog.pop() else { return };
-            let Some(worker) = self.workers.get_mut(&worker_id) else { continue };
+            let Some(task) = self.shared.backlog.pop() else {
+                return;
+            };
+            let Some(worker) = self.workers.get_mut(&worker_id) else {
+                continue;
+            };
             let deadline = task.timeout.map(|t| Instant::now() + t);
-            worker.state = State::Busy { task_id: task.id, deadline };
-            worker.outbox.push_back(PendingWrite::new(Tag::Task, task.payload));
+            worker.state = State::Busy {
+                task_id: task.id,
+                deadline,
+            };
+            worker
+                .outbox
+                .push_back(PendingWrite::new(Tag::Task, task.payload));
             let pid = worker.pid.unwrap_or(0);
             Stats::add(&self.shared.stats.tasks_launched);
-            self.emit(Event::Started { task_id: task.id, pid });
+            self.emit(Event::Started {
+                task_id: task.id,
+                pid,
+            });
             if let Some(worker) = self.workers.get_mut(&worker_id) {
                 if !flush(worker) {
                     self.pipe_closed(worker_id);
@@ -450,7 +531,10 @@ impl Supervisor {
         let mut stuck = Vec::new();
         for worker in self.workers.values_mut() {
             match worker.state {
-                State::Busy { task_id, deadline: Some(deadline) } if deadline <= now => {
+                State::Busy {
+                    task_id,
+                    deadline: Some(deadline),
+                } if deadline <= now => {
                     worker.kill();
                     worker.state = State::Killed;
                     timed_out.push(task_id);
@@ -480,36 +564,62 @@ impl Supervisor {
             State::Retiring { deadline } => Some(deadline),
             _ => None,
         });
-        let reap = (!self.zygotes_to_reap.is_empty()).then(|| Instant::now() + REAP_RETRY);
+        let reaping = !self.zygotes_to_reap.is_empty() || self.check_shared_zygote_until.is_some();
+        let reap = reaping.then(|| Instant::now() + REAP_RETRY);
         deadlines.chain(self.spawn_blocked_until).chain(reap).min()
     }
 
     fn finished(&self) -> bool {
-        self.closing && self.shared.backlog.is_closed() && self.shared.backlog.is_empty() && self.workers.is_empty()
+        self.closing
+            && self.shared.backlog.is_closed()
+            && self.shared.backlog.is_empty()
+            && self.workers.is_empty()
     }
 
     fn publish_census(&self) {
-        let alive = self.workers.values().filter(|w| !w.exited && w.channels.is_some()).count() as u64;
-        let idle = self.workers.values().filter(|w| matches!(w.state, State::Idle)).count() as u64;
-        let busy = self.workers.values().filter(|w| matches!(w.state, State::Busy { .. })).count() as u64;
+        let alive = self
+            .workers
+            .values()
+            .filter(|w| !w.exited && w.channels.is_some())
+            .count() as u64;
+        let idle = self
+            .workers
+            .values()
+            .filter(|w| matches!(w.state, State::Idle))
+            .count() as u64;
+        let busy = self
+            .workers
+            .values()
+            .filter(|w| matches!(w.state, State::Busy { .. }))
+            .count() as u64;
         self.shared.stats.publish(Census { alive, idle, busy });
     }
 
     // ----- I/O ------------------------------------------------------------
 
     fn wait_for_io(&mut self, timeout: Option<Duration>) {
-        let mut pollfds = vec![libc::pollfd { fd: self.shared.waker.raw_fd(), events: libc::POLLIN, revents: 0 }];
+        let mut pollfds = vec![libc::pollfd {
+            fd: self.shared.waker.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
         let mut owners: Vec<(u64, FdRole)> = vec![(u64::MAX, FdRole::Result)];
         for (id, worker) in &self.workers {
-            let Some(channels) = &worker.channels else { continue };
+            let Some(channels) = &worker.channels else {
+                continue;
+            };
             let mut watch = |fd: RawFd, events: libc::c_short, role: FdRole| {
-                pollfds.push(libc::pollfd { fd, events, revents: 0 });
+                pollfds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                });
                 owners.push((*id, role));
             };
             if worker.result_open {
                 watch(channels.result_r.as_raw_fd(), libc::POLLIN, FdRole::Result);
             }
-            if !worker.exited {
+            if worker.status_open && !worker.exited {
                 watch(channels.status_r.as_raw_fd(), libc::POLLIN, FdRole::Status);
             }
             if !worker.outbox.is_empty() {
@@ -523,7 +633,9 @@ impl Supervisor {
         // its exit is handled.
         for pass in [FdRole::Result, FdRole::Task, FdRole::Status] {
             for (pollfd, (id, role)) in pollfds.iter().zip(&owners).skip(1) {
-                if pollfd.revents == 0 || std::mem::discriminant(role) != std::mem::discriminant(&pass) {
+                if pollfd.revents == 0
+                    || std::mem::discriminant(role) != std::mem::discriminant(&pass)
+                {
                     continue;
                 }
                 match role {
@@ -536,7 +648,9 @@ impl Supervisor {
     }
 
     fn write_pending(&mut self, worker_id: u64) {
-        let Some(worker) = self.workers.get_mut(&worker_id) else { return };
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
         if !flush(worker) {
             self.pipe_closed(worker_id);
         }
@@ -544,11 +658,15 @@ impl Supervisor {
 
     fn read_results(&mut self, worker_id: u64) {
         loop {
-            let Some(worker) = self.workers.get_mut(&worker_id) else { return };
+            let Some(worker) = self.workers.get_mut(&worker_id) else {
+                return;
+            };
             if !worker.result_open {
                 return;
             }
-            let Some(channels) = worker.channels.as_mut() else { return };
+            let Some(channels) = worker.channels.as_mut() else {
+                return;
+            };
             let outcome = worker.reader.read_from(&mut channels.result_r);
             match outcome {
                 Ok(ReadOutcome::Frame(frame)) => self.on_frame(worker_id, frame),
@@ -556,11 +674,13 @@ impl Supervisor {
                 Ok(ReadOutcome::Eof { .. }) | Err(_) => {
                     worker.result_open = false;
                     self.pipe_closed(worker_id);
+                    self.exited_if_orphaned(worker_id);
                     return;
                 }
                 Ok(ReadOutcome::Corrupt(error)) => {
                     worker.result_open = false;
                     self.protocol_broken(worker_id, &error.to_string());
+                    self.exited_if_orphaned(worker_id);
                     return;
                 }
             }
@@ -568,7 +688,9 @@ impl Supervisor {
     }
 
     fn on_frame(&mut self, worker_id: u64, frame: Frame) {
-        let Some(worker) = self.workers.get_mut(&worker_id) else { return };
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
         match (frame.tag, &worker.state) {
             (Tag::Ready, State::Starting) => {
                 if let Ok(bytes) = <[u8; 4]>::try_from(frame.body.as_slice()) {
@@ -597,7 +719,9 @@ impl Supervisor {
 
     /// The worker wrote something it must not have: kill it and fail its task.
     fn protocol_broken(&mut self, worker_id: u64, detail: &str) {
-        let Some(worker) = self.workers.get_mut(&worker_id) else { return };
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
         let pid = worker.pid.unwrap_or(0);
         let task = match worker.state {
             State::Busy { task_id, .. } => Some(task_id),
@@ -606,7 +730,8 @@ impl Supervisor {
         worker.kill();
         worker.state = State::Killed;
         if let Some(task_id) = task {
-            let message = format!("Subprocess {pid} broke the result protocol ({detail}) and was replaced");
+            let message =
+                format!("Subprocess {pid} broke the result protocol ({detail}) and was replaced");
             self.finish_task(task_id, Outcome::Lost(message));
         }
     }
@@ -614,7 +739,9 @@ impl Supervisor {
     /// A pipe to the worker closed: it died, or closed its own descriptors.
     /// Kill it to be sure, and resolve its task once the exit status is known.
     fn pipe_closed(&mut self, worker_id: u64) {
-        let Some(worker) = self.workers.get_mut(&worker_id) else { return };
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
         let task_id = match worker.state {
             State::Busy { task_id, .. } => Some(task_id),
             State::Idle => None,
@@ -633,21 +760,37 @@ impl Supervisor {
         worker.state = State::Dying { task_id };
     }
 
+    /// A worker whose zygote died has nobody to report its exit: once its
+    /// result pipe closes too (and it has been killed to be sure), it is gone.
+    fn exited_if_orphaned(&mut self, worker_id: u64) {
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
+        if !worker.status_open && !worker.exited {
+            worker.exited = true;
+            self.worker_exited(worker_id);
+        }
+    }
+
     fn read_status(&mut self, worker_id: u64) {
-        let Some(worker) = self.workers.get_mut(&worker_id) else { return };
-        let Some(channels) = worker.channels.as_mut() else { return };
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
+        let Some(channels) = worker.channels.as_mut() else {
+            return;
+        };
         let mut buf = [0u8; 64];
         loop {
             match channels.status_r.read(&mut buf) {
                 Ok(0) => {
-                    worker.exited = true;
+                    worker.status_open = false;
                     break;
                 }
                 Ok(n) => worker.status_bytes.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
-                    worker.exited = true;
+                    worker.status_open = false;
                     break;
                 }
             }
@@ -670,6 +813,15 @@ impl Supervisor {
                 _ => {}
             }
         }
+        let zygote_died = !worker.status_open && !worker.exited;
+        if zygote_died {
+            if worker.zygote.is_none() {
+                self.check_shared_zygote_until = Some(Instant::now() + Duration::from_secs(5));
+            }
+            if !worker.result_open {
+                worker.exited = true;
+            }
+        }
         if worker.exited {
             self.read_results(worker_id);
             self.worker_exited(worker_id);
@@ -677,16 +829,24 @@ impl Supervisor {
     }
 
     fn worker_exited(&mut self, worker_id: u64) {
-        let Some(worker) = self.workers.remove(&worker_id) else { return };
+        let Some(worker) = self.workers.remove(&worker_id) else {
+            return;
+        };
         let pid = worker.pid.unwrap_or(0);
         let description = describe_death(pid, worker.exit_status);
         match worker.state {
-            State::Busy { task_id, .. } | State::Dying { task_id: Some(task_id) } => {
+            State::Busy { task_id, .. }
+            | State::Dying {
+                task_id: Some(task_id),
+            } => {
                 self.finish_task(task_id, Outcome::Lost(description));
             }
             State::Starting => self.startup_failed(&format!("{description} while starting")),
             State::Idle | State::Dying { task_id: None } => {
-                self.log(log::Level::Warn, format!("an idle worker died: {description}"));
+                self.log(
+                    log::Level::Warn,
+                    format!("an idle worker died: {description}"),
+                );
             }
             State::Retiring { .. } | State::Killed => {}
         }
@@ -699,6 +859,11 @@ impl Supervisor {
 
     fn reap_zygotes(&mut self) {
         self.zygotes_to_reap.retain(|zygote| !zygote.try_reap());
+        if let Some(until) = self.check_shared_zygote_until {
+            if zygote::reap_shared_if_dead() || Instant::now() >= until {
+                self.check_shared_zygote_until = None;
+            }
+        }
     }
 
     /// Per-worker zygotes exit right after their worker; give them a moment so
@@ -715,14 +880,20 @@ impl Supervisor {
 }
 
 fn retire(worker: &mut Worker) {
-    worker.outbox.push_back(PendingWrite::new(Tag::Retire, Vec::new()));
-    worker.state = State::Retiring { deadline: Instant::now() + RETIRE_GRACE };
+    worker
+        .outbox
+        .push_back(PendingWrite::new(Tag::Retire, Vec::new()));
+    worker.state = State::Retiring {
+        deadline: Instant::now() + RETIRE_GRACE,
+    };
     flush(worker);
 }
 
 /// Writes what the task pipe takes now; false when the pipe is broken.
 fn flush(worker: &mut Worker) -> bool {
-    let Some(channels) = worker.channels.as_mut() else { return true };
+    let Some(channels) = worker.channels.as_mut() else {
+        return true;
+    };
     while let Some(pending) = worker.outbox.front_mut() {
         match pending.write_to(&mut channels.task_w) {
             Ok(true) => {
@@ -745,8 +916,17 @@ fn ppoll(pollfds: &mut [libc::pollfd], timeout: Option<Duration>) -> bool {
         tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: t.subsec_nanos() as libc::c_long,
     });
-    let timespec_ptr = timespec.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let timespec_ptr = timespec
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: the slice is valid for its length; a null timeout means "forever".
-    let ready = unsafe { libc::ppoll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timespec_ptr, std::ptr::null()) };
+    let ready = unsafe {
+        libc::ppoll(
+            pollfds.as_mut_ptr(),
+            pollfds.len() as libc::nfds_t,
+            timespec_ptr,
+            std::ptr::null(),
+        )
+    };
     ready > 0
 }

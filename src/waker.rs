@@ -18,7 +18,10 @@ pub struct Waker {
 impl Waker {
     pub fn new() -> io::Result<Waker> {
         let fd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
-        Ok(Waker { fd, armed: AtomicBool::new(false) })
+        Ok(Waker {
+            fd,
+            armed: AtomicBool::new(false),
+        })
     }
 
     pub fn wake(&self) {
@@ -43,7 +46,11 @@ mod tests {
     use super::*;
 
     fn readable(fd: RawFd) -> bool {
-        let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut pollfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd, zero timeout.
         unsafe { libc::poll(&mut pollfd, 1, 0) == 1 }
     }

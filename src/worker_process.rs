@@ -11,15 +11,22 @@ use std::os::fd::RawFd;
 /// Makes the calling process a proper worker of the zygote `zygote_pid`:
 /// - leader of its own process group, so one `killpg` reaches its tree and a
 ///   terminal's Ctrl-C (sent to the parent's group) does not;
-/// - SIGKILLed when the zygote dies (safe here: the zygote is single-threaded,
-///   so "the thread that forked us" is the zygote itself);
-/// - a child subreaper, so orphans of a task stay in its tree to be killed.
-pub fn become_worker(zygote_pid: i32) -> io::Result<()> {
+/// - a child subreaper, so orphans of a task stay in its tree to be killed;
+/// - with `die_with_zygote`, SIGKILLed when the zygote dies (safe: a zygote is
+///   single-threaded, so "the thread that forked us" is the zygote itself).
+///
+/// Workers of an exec'd zygote do not die with it: if the zygote is killed,
+/// they finish their tasks over their own pipes (the parent's death still
+/// reaches them through the zygote's lifeline, or their task pipe's EOF).
+pub fn become_worker(zygote_pid: i32, die_with_zygote: bool) -> io::Result<()> {
     setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
-    prctl::set_pdeathsig(Signal::SIGKILL)?;
-    // The zygote may have died before PDEATHSIG was armed.
-    if getppid().as_raw() != zygote_pid {
-        return Err(io::Error::other("the zygote died while the worker was starting"));
+    if die_with_zygote {
+        prctl::set_pdeathsig(Signal::SIGKILL)?;
+        if getppid().as_raw() != zygote_pid {
+            return Err(io::Error::other(
+                "the zygote died while the worker was starting",
+            ));
+        }
     }
     prctl::set_child_subreaper(true)?;
     Ok(())
@@ -30,7 +37,9 @@ pub fn become_worker(zygote_pid: i32) -> io::Result<()> {
 pub fn become_forked_zygote(parent_pid: i32) -> io::Result<()> {
     prctl::set_pdeathsig(Signal::SIGKILL)?;
     if getppid().as_raw() != parent_pid {
-        return Err(io::Error::other("the parent died while the zygote was starting"));
+        return Err(io::Error::other(
+            "the parent died while the zygote was starting",
+        ));
     }
     prctl::set_child_subreaper(true)?;
     Ok(())
@@ -61,8 +70,10 @@ pub fn read_header(fd: RawFd) -> io::Result<Option<(Tag, usize)>> {
     if !read_exact(fd, &mut header)? {
         return Ok(None);
     }
-    let (tag, len) = decode_header(&header, MAX_BODY_LEN).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    let len = usize::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
+    let (tag, len) = decode_header(&header, MAX_BODY_LEN)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let len = usize::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
     Ok(Some((tag, len)))
 }
 

@@ -14,7 +14,9 @@
 
 use crate::backlog::lock;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
-use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
+use nix::sys::socket::{
+    sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 use std::fs::File;
@@ -57,10 +59,9 @@ impl Zygote {
     pub fn launch(launch: &ZygoteLaunch, single_worker: bool) -> io::Result<Zygote> {
         let (parent_end, child_end) = control_pair()?;
         let child_fd = child_end.as_raw_fd();
-        let (program, args) = launch
-            .argv
-            .split_first()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty interpreter command"))?;
+        let (program, args) = launch.argv.split_first().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "empty interpreter command")
+        })?;
         let script = format!(
             "from deadpool._worker import zygote_main; zygote_main({child_fd}, {})",
             if single_worker { "True" } else { "False" }
@@ -72,7 +73,8 @@ impl Zygote {
         unsafe {
             command.pre_exec(move || {
                 let flags = libc::fcntl(child_fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                if flags < 0 || libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
@@ -80,14 +82,22 @@ impl Zygote {
         }
         let child = command.spawn()?;
         drop(child_end);
-        let zygote = Zygote { pid: child.id() as i32, control: parent_end, owner_pid: std::process::id() };
+        let zygote = Zygote {
+            pid: child.id() as i32,
+            control: parent_end,
+            owner_pid: std::process::id(),
+        };
         zygote.send_preparation(&launch.preparation)?;
         Ok(zygote)
     }
 
     /// Adopts a zygote that the caller forked itself ("fork" start method).
     pub fn adopt(pid: i32, control: OwnedFd) -> Zygote {
-        Zygote { pid, control, owner_pid: std::process::id() }
+        Zygote {
+            pid,
+            control,
+            owner_pid: std::process::id(),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -110,11 +120,21 @@ impl Zygote {
             // Best effort: a smaller pipe only costs extra wake-ups.
             let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(PIPE_CAPACITY));
         }
-        let fds = [task_r.as_raw_fd(), result_w.as_raw_fd(), status_w.as_raw_fd()];
+        let fds = [
+            task_r.as_raw_fd(),
+            result_w.as_raw_fd(),
+            status_w.as_raw_fd(),
+        ];
         let message = *b"WORKER\0\0";
         let iov = [IoSlice::new(&message)];
         let cmsg = [ControlMessage::ScmRights(&fds)];
-        sendmsg::<()>(self.control.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)?;
+        sendmsg::<()>(
+            self.control.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
         drop((task_r, result_w, status_w));
         for fd in [&task_w, &result_r, &status_r] {
             set_nonblocking(fd.as_raw_fd())?;
@@ -136,7 +156,12 @@ impl Zygote {
 }
 
 fn control_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)?)
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
 }
 
 /// A socket pair for a zygote the caller will fork itself: (parent end, child end).
@@ -165,7 +190,10 @@ static SHARED: Mutex<Option<Zygote>> = Mutex::new(None);
 /// needed. Losing the zygote therefore never breaks a pool: the next request
 /// starts a new one.
 /// `notes` collects what is worth logging (the caller may not log directly).
-pub fn request_shared_worker(launch: &ZygoteLaunch, notes: &mut Vec<String>) -> io::Result<WorkerChannels> {
+pub fn request_shared_worker(
+    launch: &ZygoteLaunch,
+    notes: &mut Vec<String>,
+) -> io::Result<WorkerChannels> {
     let mut shared = lock(&SHARED);
     if let Some(zygote) = shared.as_ref() {
         if zygote.owner_pid != std::process::id() {
@@ -177,7 +205,10 @@ pub fn request_shared_worker(launch: &ZygoteLaunch, notes: &mut Vec<String>) -> 
         match zygote.request_worker() {
             Ok(channels) => return Ok(channels),
             Err(error) => {
-                notes.push(format!("zygote {} is gone ({error}); starting a new one", zygote.pid));
+                notes.push(format!(
+                    "zygote {} is gone ({error}); starting a new one",
+                    zygote.pid
+                ));
                 zygote.try_reap();
                 *shared = None;
             }
@@ -187,6 +218,19 @@ pub fn request_shared_worker(launch: &ZygoteLaunch, notes: &mut Vec<String>) -> 
     let channels = zygote.request_worker();
     *shared = Some(zygote);
     channels
+}
+
+/// Reaps the shared zygote if it has died; true when no live one remains.
+pub fn reap_shared_if_dead() -> bool {
+    let mut shared = lock(&SHARED);
+    match shared.as_ref() {
+        Some(zygote) if zygote.try_reap() => {
+            *shared = None;
+            true
+        }
+        Some(_) => false,
+        None => true,
+    }
 }
 
 /// The pid of the shared zygote, if one is running.

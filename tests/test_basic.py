@@ -131,15 +131,16 @@ QUIET_SCRIPT = """
 import deadpool
 from tests import tasks
 
-with deadpool.Deadpool(max_workers=2) as exe:
-    futs = [
-        exe.submit(tasks.square, 3),
-        exe.submit(tasks.raise_value_error, "x"),
-        exe.submit(tasks.exit_with, 3),
-        exe.submit(tasks.sleep_then_return, 300, deadpool_timeout=0.3),
-    ]
-    outcomes = [type(f.exception(timeout=60)).__name__ for f in futs]
-print("DONE", outcomes)
+if __name__ == "__main__":
+    with deadpool.Deadpool(max_workers=2) as exe:
+        futs = [
+            exe.submit(tasks.square, 3),
+            exe.submit(tasks.raise_value_error, "x"),
+            exe.submit(tasks.exit_with, 3),
+            exe.submit(tasks.sleep_then_return, 300, deadpool_timeout=0.3),
+        ]
+        outcomes = [type(f.exception(timeout=60)).__name__ for f in futs]
+    print("DONE", outcomes)
 """
 
 
@@ -158,3 +159,30 @@ def test_library_prints_nothing_to_stdout(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "DONE ['NoneType', 'ValueError', 'ProcessError', 'TimeoutError']\n"
+
+
+def test_every_constructor_keyword_of_the_original_is_accepted(tmp_path):
+    with pool(
+        max_workers=2,
+        min_workers=1,
+        max_tasks_per_child=10,
+        max_worker_memory_bytes=1 << 40,
+        mp_context="forkserver",
+        initializer=tasks.init_record,
+        initargs=(str(tmp_path / "init.log"),),
+        finalizer=tasks.final_record,
+        finalargs=(str(tmp_path / "final.log"), "tag"),
+        max_backlog=5,
+        shutdown_wait=True,
+        shutdown_cancel_futures=False,
+        daemon=True,
+        malloc_trim_rss_memory_threshold_bytes=1 << 40,
+        propagate_environ={"DP_TEST_VAR": "all-options"},
+    ) as exe:
+        assert exe.submit(tasks.init_state).result(timeout=30)[1:] == ((), "all-options")
+
+
+def test_deadpool_keywords_are_consumed_not_passed_to_the_task():
+    with pool(max_workers=1) as exe:
+        fut = exe.submit(tasks.echo_args, 1, deadpool_timeout=30, deadpool_priority=2, x=3)
+        assert fut.result(timeout=30) == ((1,), {"x": 3})

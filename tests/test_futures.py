@@ -36,6 +36,7 @@ def test_pending_in_backlog_then_running_with_pid(tmp_path):
         assert fut2.result(timeout=30) == 2
         assert not fut2.running()
         assert fut2.done()
+        assert fut2.pid == pid2  # the pid that ran it stays known
 
 
 def test_pid_callbacks_fire_when_added_before_and_after_start(tmp_path):
@@ -166,8 +167,14 @@ def test_as_completed_yields_every_future_including_failures_and_cancels(tmp_pat
         assert blocker.result() == "blocker"
 
 
-def _kill_worker(fut, pid):
+def _kill_worker(fut, pid, gate):
     os.kill(pid, signal.SIGKILL)
+
+
+def _waiter_installed(*futs):
+    # Synchronise with the stdlib's waiter registration (Future._waiters), so the
+    # transition really happens while wait() is blocked, not before it starts.
+    return all(f._waiters for f in futs)
 
 
 TRANSITIONS = {
@@ -195,6 +202,7 @@ def test_wait_sees_the_transition_of_a_running_future(tmp_path, transition):
         thread = threading.Thread(target=waiter, daemon=True)
         thread.start()
         assert waiter_ready.wait(10)
+        wait_until(lambda: _waiter_installed(fut))
         wait_until(fut.running)
         TRANSITIONS[transition](fut, pid, gate)
         thread.join(40)
@@ -219,6 +227,8 @@ def test_wait_sees_a_pending_future_cancelled_and_a_timeout(tmp_path):
 
         thread = threading.Thread(target=waiter, daemon=True)
         thread.start()
+        wait_until(lambda: _waiter_installed(pending, timing_out))
+        assert not timing_out.done()
         assert pending.cancel()
         gate.open()
         thread.join(40)

@@ -17,6 +17,7 @@ import pytest
 from tests import tasks
 from tests.helpers import (
     Gate,
+    descendants,
     describe,
     is_alive,
     pool,
@@ -195,10 +196,16 @@ def test_losing_the_zygote_breaks_no_pool():
 def test_zygote_loss_under_a_live_pool_is_survived():
     with pool(max_workers=1, max_tasks_per_child=1) as exe:
         exe.submit(tasks.square, 1).result(timeout=30)
-        for pid in zygote_pids():
+        zygotes = zygote_pids()
+        assert zygotes, "no zygote (a child of this process whose cmdline contains 'zygote')"
+        for pid in zygotes:
             os.kill(pid, signal.SIGKILL)
-        # Every task needs a new worker, hence a (new) zygote.
-        assert [exe.submit(tasks.square, i).result(timeout=60) for i in range(3)] == [0, 1, 4]
+        for pid in zygotes:
+            wait_until(lambda pid=pid: not is_alive(pid), message=f"zygote {pid} survived SIGKILL")
+        # The idle worker outlives its zygote and serves the next task; every
+        # task after that needs a new worker, hence a new zygote.
+        assert [exe.submit(tasks.square, i).result(timeout=60) for i in range(4)] == [0, 1, 4, 9]
+        assert set(zygote_pids()).isdisjoint(zygotes)
 
 
 PARENT_SCRIPT = textwrap.dedent(

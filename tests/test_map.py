@@ -102,6 +102,9 @@ def test_map_propagates_a_task_exception_at_its_position():
 
 
 def test_map_chunk_with_a_failing_item(tmp_path):
+    # chunksize only batches: the results are what chunksize=1 gives, so item 2
+    # (in the same chunk as the failing item 3) is still delivered, and the
+    # exception surfaces at item 3's position. (The stdlib loses item 2.)
     with pool(max_workers=2) as exe:
         results = exe.map(tasks.raise_value_error_if_three, range(6), chunksize=2)
         assert [next(results) for _ in range(3)] == [0, 1, 2]

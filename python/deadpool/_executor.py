@@ -56,6 +56,11 @@ class Deadpool(concurrent.futures.Executor):
         malloc_trim_rss_memory_threshold_bytes: int | None = None,
         propagate_environ: Mapping[str, str] | None = None,
     ) -> None:
+        if _worker.preparing:
+            raise RuntimeError(
+                "a Deadpool was created while a worker process imported the main module; "
+                'create pools under `if __name__ == "__main__":`'
+            )
         if max_workers is None:
             max_workers = len(os.sched_getaffinity(0))
         max_workers = _positive_int("max_workers", max_workers)
@@ -181,8 +186,8 @@ class Deadpool(concurrent.futures.Executor):
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         chunks = _chunks(zip(*iterables), chunksize)
-        results = super().map(partial(_worker.run_chunk, fn), chunks, timeout=timeout)
-        return itertools.chain.from_iterable(results)
+        outcomes = super().map(partial(_worker.run_chunk, fn), chunks, timeout=timeout)
+        return _unchunk(outcomes)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the pool. ``wait`` waits for running tasks; pending tasks are
@@ -361,6 +366,14 @@ def _on_event_loop_thread() -> bool:
     """Blocking here would stall every coroutine on this thread's running loop."""
     asyncio = sys.modules.get("asyncio")
     return asyncio is not None and asyncio.events._get_running_loop() is not None
+
+
+def _unchunk(outcomes: Iterator[tuple[list[Any], BaseException | None, str]]) -> Iterator[Any]:
+    for results, exc, tb in outcomes:
+        yield from results
+        if exc is not None:
+            exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+            raise exc
 
 
 def _chunks(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:

@@ -38,6 +38,10 @@ _STATUS = struct.Struct("<Ii")
 _REQUEST_LEN = 8
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
+# True while a zygote imports the parent's __main__: a script without an
+# `if __name__ == "__main__":` guard must not start pools from there.
+preparing = False
+
 
 # ----- zygote -------------------------------------------------------------
 
@@ -56,7 +60,9 @@ def zygote_main(control_fd: int, single: bool, prepared: bool = False) -> None:
         _core.become_zygote()
         _prepare(_read_preparation(control))
     try:
-        _Zygote(control, single).serve()
+        # A zygote forked from the parent dies with the parent's thread
+        # (PDEATHSIG), not by its lifeline; its worker must follow it.
+        _Zygote(control, single, die_with_zygote=prepared).serve()
     finally:
         _flush_stdio()
         os._exit(0)
@@ -96,18 +102,23 @@ def _prepare(preparation: bytes) -> None:
     imported as ``__mp_main__`` so functions defined in a script unpickle."""
     import multiprocessing.spawn
 
+    global preparing
+    preparing = True
     try:
         multiprocessing.spawn.prepare(pickle.loads(preparation))
     except BaseException:
         # Tasks that need __main__ will fail with a clear unpickling error;
         # every other task still runs.
         logger.exception("deadpool zygote could not import the parent's __main__")
+    finally:
+        preparing = False
 
 
 class _Zygote:
-    def __init__(self, control: socket.socket, single: bool) -> None:
+    def __init__(self, control: socket.socket, single: bool, die_with_zygote: bool) -> None:
         self.control = control
         self.single = single
+        self.die_with_zygote = die_with_zygote
         self.spawned = 0
         self.workers: dict[int, int] = {}  # worker pid -> status pipe fd
         self.wakeup_r, self.wakeup_w = os.pipe()
@@ -170,7 +181,7 @@ class _Zygote:
             self.control.close()
             for fd in (self.wakeup_r, self.wakeup_w, status_w, *self.workers.values()):
                 os.close(fd)
-            _core.become_worker(zygote_pid)
+            _core.become_worker(zygote_pid, self.die_with_zygote)
             worker_main(task_r, result_w)
         except BaseException:
             traceback.print_exc()
@@ -299,9 +310,18 @@ def _safe_repr(obj: object) -> str:
         return f"<{type(obj).__qualname__} with a failing repr>"
 
 
-def run_chunk(fn: Any, chunk: list[tuple[Any, ...]]) -> list[Any]:
-    """``map(..., chunksize=n)``: one task runs n calls, in order."""
-    return [fn(*args) for args in chunk]
+def run_chunk(fn: Any, chunk: list[tuple[Any, ...]]) -> tuple[list[Any], BaseException | None, str]:
+    """``map(..., chunksize=n)``: one task runs n calls, in order. A call that
+    raises ends the chunk; the results before it still reach the caller.
+    Returns ``(results, exception or None, traceback text)``."""
+    results = []
+    for args in chunk:
+        try:
+            results.append(fn(*args))
+        except Exception as exc:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            return results, exc, tb
+    return results, None, ""
 
 
 def _retire(settings: dict[str, Any]) -> None:

@@ -1,0 +1,394 @@
+"""Task functions for the adversarial stress suite (tests/test_stress_*.py).
+
+Importable as ``tests.stress_tasks`` in every worker, like ``tests.tasks``.
+Every task that blocks gives up after ``BLOCK_LIMIT`` seconds and every
+process a task starts exits by itself after ``ORPHAN_LIMIT`` seconds, so a
+failing test can never leave something running forever.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import select
+import signal
+import subprocess
+import sys
+import time
+
+BLOCK_LIMIT = 60.0
+ORPHAN_LIMIT = 120.0
+MiB = 1024 * 1024
+
+
+# ---------------------------------------------------------------- small utilities
+
+
+def write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
+def append_line(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def wait_for_file(path: str, limit: float = BLOCK_LIMIT) -> bool:
+    """Poll for `path` (no fd needed, so it works after os.closerange); False on timeout."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+# ---------------------------------------------------------------- plain tasks
+
+
+def ident(value):
+    return value
+
+
+def pid_of_worker(*_args):
+    return os.getpid()
+
+
+def tagged(i, seconds=0.0):
+    """Return (i, worker pid), after sleeping `seconds`."""
+    if seconds:
+        time.sleep(seconds)
+    return i, os.getpid()
+
+
+def record_once(path, i):
+    """Append our id to a shared file (O_APPEND: one line per execution) and return it."""
+    append_line(path, str(i))
+    return i
+
+
+def block_until(started, release, value=None):
+    """Write our pid to `started`, then wait (bounded) for `release`."""
+    write_atomic(started, str(os.getpid()))
+    if not wait_for_file(release):
+        raise RuntimeError(f"{release} never appeared")
+    return value
+
+
+# ---------------------------------------------------------------- self-destruction
+
+
+def os_exit(code):
+    os._exit(code)
+
+
+def sys_exit(code):
+    sys.exit(code)
+
+
+def raise_base_exception(name, *args):
+    """Raise one of SystemExit, KeyboardInterrupt, GeneratorExit by name."""
+    raise {
+        "SystemExit": SystemExit,
+        "KeyboardInterrupt": KeyboardInterrupt,
+        "GeneratorExit": GeneratorExit,
+    }[name](*args)
+
+
+def segfault():
+    ctypes.string_at(0)
+
+
+def abort():
+    os.abort()
+
+
+def kill_self(signum):
+    os.kill(os.getpid(), signum)
+    time.sleep(BLOCK_LIMIT)
+
+
+def close_all_fds_then_return(value):
+    """Close every descriptor from 3 up (the worker's pipes among them), then return."""
+    os.closerange(3, 65536)
+    return value
+
+
+def close_all_fds_then_block(release):
+    """Close every descriptor from 3 up, then keep running (bounded) until `release`."""
+    os.closerange(3, 65536)
+    wait_for_file(release)
+    return "released"
+
+
+def _worker_fd(name: str) -> int:
+    """One of the worker's pipes: the ``task_fd`` / ``result_fd`` local of
+    ``worker_main`` (python/deadpool/_worker.py), found by walking up our own
+    call stack."""
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_name == "worker_main" and name in frame.f_locals:
+            return frame.f_locals[name]
+        frame = frame.f_back
+    raise RuntimeError("not running inside deadpool's worker_main")
+
+
+def _check_is_write_pipe(fd: int) -> None:
+    target = os.readlink(f"/proc/self/fd/{fd}")
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        flags = int(next(line for line in f if line.startswith("flags:")).split()[1], 8)
+    if not target.startswith("pipe:") or flags & os.O_ACCMODE != os.O_WRONLY:
+        raise RuntimeError(f"fd {fd} is {target} with flags {flags:o}, not a pipe's write end")
+
+
+GARBAGE = {
+    # An unknown frame tag, then noise.
+    "unknown_tag": b"\xff" * 64,
+    # A known tag (Ok) whose length is implausibly large (2**50 bytes).
+    "huge_length": bytes([11]) + (1 << 50).to_bytes(8, "little"),
+    # A well-formed Ok frame whose body is not a pickle.
+    "bad_pickle": bytes([11]) + (5).to_bytes(8, "little") + b"nope!",
+    # A frame of the Ready tag, which only a starting worker may send.
+    "wrong_tag": bytes([10]) + (4).to_bytes(8, "little") + b"\0\0\0\0",
+}
+
+
+def garbage_into_result_pipe(kind, then="return"):
+    """Write garbage into the worker's own result pipe, then:
+
+    - ``then="return"``: return normally at once;
+    - ``then="wait_next"``: wait (bounded) until the pool has sent this worker
+      its next task, then return normally (the real result frame now races
+      with a task that is not ours);
+    - ``then="exit"``: leave a truncated frame and die.
+    """
+    fd = _worker_fd("result_fd")
+    _check_is_write_pipe(fd)
+    if then == "exit":
+        # A header promising 1000 bytes, 10 of them, then death.
+        os.write(fd, bytes([11]) + (1000).to_bytes(8, "little") + b"0123456789")
+        os._exit(0)
+    os.write(fd, GARBAGE[kind])
+    if then == "wait_next":
+        select.select([_worker_fd("task_fd")], [], [], 10.0)
+    return "survived"
+
+
+def flood_output(nbytes, chunk=64 * 1024):
+    """Write `nbytes` to each of sys.stdout, sys.stderr, fd 1 and fd 2; return the total."""
+    line = (b"x" * (chunk - 1)) + b"\n"
+    total = 0
+    for stream in (sys.stdout, sys.stderr):
+        text = line.decode()
+        for _ in range(nbytes // chunk):
+            stream.write(text)
+            total += chunk
+        stream.flush()
+    for fd in (1, 2):
+        for _ in range(nbytes // chunk):
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            total += chunk
+    return total
+
+
+# ---------------------------------------------------------------- memory
+
+
+def _vm_size() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize")
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def allocate_until_rlimit(headroom, restore=True):
+    """Cap our address space at (current size + headroom), then allocate 8 MiB
+    blocks until that fails. The task fails with MemoryError (after freeing
+    what it got). With ``restore=False`` the worker keeps the lowered limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (_vm_size() + headroom, hard))
+    blocks = []
+    try:
+        while True:
+            blocks.append(bytearray(8 * MiB))
+    except MemoryError:
+        count = len(blocks)
+        blocks.clear()
+        if restore:
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    raise MemoryError(f"RLIMIT_AS reached after {count} blocks of 8 MiB")
+
+
+def rss_bomb(bound):
+    """Allocate (touched) memory until our RSS passes `bound`, then SIGKILL
+    ourselves, as the OOM killer would. An RLIMIT_AS lowered by an earlier
+    task on this worker is lifted first: the OOM killer does not care."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    blocks = []
+    while _rss() < bound:
+        blocks.append(b"\1" * (8 * MiB))
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(BLOCK_LIMIT)
+
+
+# ---------------------------------------------------------------- process trees
+
+
+def _become_sleeper(pidfile: str, new_session: bool = False) -> None:
+    """In a freshly forked process: drop the worker's descriptors, record our
+    pid, then sleep (bounded) and exit without ever returning to the caller."""
+    try:
+        os.closerange(3, 65536)
+        if new_session:
+            os.setsid()
+        write_atomic(pidfile, str(os.getpid()))
+        time.sleep(ORPHAN_LIMIT)
+    finally:
+        os._exit(0)
+
+
+def _fork(fn, *args) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fn(*args)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _middle(directory: str) -> None:
+    """A child with two children of its own: a plain grandchild and one that
+    calls setsid(); it then sleeps too."""
+    os.closerange(3, 65536)
+    _fork(_become_sleeper, os.path.join(directory, "grandchild"))
+    _fork(_become_sleeper, os.path.join(directory, "setsid-grandchild"), True)
+    _become_sleeper(os.path.join(directory, "middle"))
+
+
+def _orphaner(directory: str) -> None:
+    """Start a grandchild, then exit at once: the grandchild is orphaned."""
+    os.closerange(3, 65536)
+    _fork(_become_sleeper, os.path.join(directory, "orphan"))
+
+
+TREE_NAMES = ("child", "middle", "grandchild", "setsid-grandchild", "orphan", "exec-child")
+
+
+def spawn_tree(directory, block=True, release=None):
+    """Start a process tree below this worker and record every pid in `directory`:
+
+    - ``child``: a direct child;
+    - ``middle`` with ``grandchild`` and ``setsid-grandchild`` (in its own session);
+    - ``orphan``: a grandchild whose parent (the "orphaner") has already exited;
+    - ``exec-child``: a ``sleep`` started with subprocess in a new session.
+
+    Writes ``ready`` (all pids, one per line) once every pid is known, then
+    blocks until `release` (bounded) if `block`, or returns the pids at once.
+    """
+    _fork(_become_sleeper, os.path.join(directory, "child"))
+    _fork(_middle, directory)
+    orphaner = _fork(_orphaner, directory)
+    os.waitpid(orphaner, 0)  # the orphan's parent has exited: it is re-parented
+    sleep = subprocess.Popen(["sleep", str(int(ORPHAN_LIMIT))], start_new_session=True)
+    write_atomic(os.path.join(directory, "exec-child"), str(sleep.pid))
+    pids = {}
+    deadline = time.monotonic() + BLOCK_LIMIT
+    while len(pids) < len(TREE_NAMES):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"tree incomplete: {pids}")
+        for name in TREE_NAMES:
+            path = os.path.join(directory, name)
+            if name not in pids and os.path.exists(path):
+                with open(path) as f:
+                    pids[name] = int(f.read())
+        time.sleep(0.002)
+    write_atomic(os.path.join(directory, "ready"), "\n".join(str(p) for p in pids.values()))
+    if block:
+        wait_for_file(release or os.path.join(directory, "release"))
+    return pids
+
+
+# ---------------------------------------------------------------- payloads
+
+
+def checksum(data):
+    """A cheap fingerprint of a large bytes object: (length, adler32)."""
+    import zlib
+
+    return len(data), zlib.adler32(data)
+
+
+def make_payload(nbytes, seed=7):
+    """`nbytes` of a pattern with a prime period and a seed-dependent head, so
+    that shifted or truncated copies do not checksum alike."""
+    import random
+
+    head = random.Random(seed).randbytes(MiB)
+    period = bytes((i * 131 + seed) % 256 for i in range(251))
+    body_len = nbytes - len(head)
+    reps, rest = divmod(body_len, len(period))
+    return head + period * reps + period[:rest]
+
+
+def payload_checksum(nbytes, seed=7):
+    return checksum(make_payload(nbytes, seed))
+
+
+def make_payload_in_worker(nbytes, seed=7):
+    return make_payload(nbytes, seed)
+
+
+# ---------------------------------------------------------------- test-side helpers
+# (used by the tests themselves, not by workers)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment for a test script: `tests` importable (ROOT on PYTHONPATH,
+    ahead of whatever PYTHONPATH already says)."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+def run_script(path, *args, timeout=180.0, **popen_kwargs):
+    """Run a Python script in its own session; (returncode, stdout, stderr).
+    On timeout the whole session is SIGKILLed, so nothing it started survives."""
+    proc = subprocess.Popen(
+        [sys.executable, str(path), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        **popen_kwargs,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=30)
+        raise AssertionError(
+            f"{path} did not finish within {timeout}s; stderr:\n"
+            + err[-4000:].decode(errors="replace")
+        ) from None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    return proc.returncode, out, err

@@ -1,0 +1,180 @@
+"""Stress: Ctrl-C (SIGINT to the script's process group, as a terminal sends
+it) while the main thread is blocked in ``fut.result()``, in ``submit()`` on a
+full backlog, and in ``shutdown(wait=True)``.
+
+KeyboardInterrupt must be raised while the call is still blocked (not because
+it finished), the task must not see the interrupt, and once the script leaves
+its ``with`` block nothing it started may remain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests import stress_tasks
+from tests.helpers import describe, is_alive, processes_with_env_token, wait_until
+
+pytestmark = pytest.mark.stress
+
+SCRIPT = r'''
+import json, linecache, os, sys, threading, time
+import deadpool
+from tests import stress_tasks
+
+
+def announce_when_blocked(main_ident, stop):
+    """Print BLOCKED once the main thread has sat on one line of deadpool's or
+    the stdlib's code (not this script's) for several consecutive looks."""
+    last, same = None, 0
+    while not stop.wait(0.005):
+        frame = sys._current_frames().get(main_ident)
+        if frame is None:
+            continue
+        where = (frame.f_code.co_filename, frame.f_lineno)
+        if where[0] == __file__:
+            last, same = None, 0
+            continue
+        same = same + 1 if where == last else 1
+        last = where
+        if same == 5:
+            line = linecache.getline(*where).strip()
+            print(f"BLOCKED {where[0]}:{where[1]}: {line}", flush=True)
+            return
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def main(case, directory):
+    release = os.path.join(directory, "release")
+    report = {"case": case}
+    stop = threading.Event()
+    with deadpool.Deadpool(max_workers=1, max_backlog=1) as exe:
+        running = exe.submit(stress_tasks.spawn_tree, directory, True, release)
+        while not os.path.exists(os.path.join(directory, "ready")):
+            if running.done():
+                raise SystemExit(f"tree task failed: {running.exception()!r}")
+            time.sleep(0.005)
+        report["tree"] = [int(p) for p in open(os.path.join(directory, "ready")).read().split()]
+        report["worker"] = running.pid
+        queued = exe.submit(stress_tasks.ident, "queued")  # the backlog (1) is now full
+        watcher = threading.Thread(
+            target=announce_when_blocked, args=(threading.main_thread().ident, stop)
+        )
+        watcher.start()
+        try:
+            if case == "result":
+                running.result(timeout=120)
+            elif case == "submit":
+                exe.submit(stress_tasks.ident, "third")
+            elif case == "shutdown":
+                exe.shutdown(wait=True)
+            report["interrupted"] = False
+        except KeyboardInterrupt:
+            report["interrupted"] = True
+            report["caught_at"] = time.monotonic()
+        stop.set()
+        watcher.join()
+        # Still blocked when interrupted: the call had not completed.
+        report["running_done_at_interrupt"] = running.done()
+        report["received_at_interrupt"] = exe.get_statistics()["tasks_received"]
+        open(release, "w").close()
+        report["running"] = sorted(running.result(timeout=120))
+        report["queued"] = queued.result(timeout=120)
+    zygote = deadpool._core.shared_zygote_pid()
+    deadline = time.monotonic() + 10
+    while True:
+        left = [p for p in deadpool._core.descendants(os.getpid()) if p != zygote and alive(p)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    report["left"] = left
+    print("REPORT " + json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
+'''
+
+
+def _read_line(proc, prefix: bytes, deadline: float) -> bytes:
+    buf = b""
+    while time.monotonic() < deadline:
+        for line in buf.splitlines(keepends=True):
+            if line.startswith(prefix) and line.endswith(b"\n"):
+                return line
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+    return b""
+
+
+@pytest.mark.parametrize("case", ["result", "submit", "shutdown"])
+def test_sigint_interrupts_a_blocked_call_and_nothing_is_left(tmp_path, case):
+    token = f"DP_STRESS_SIGINT_{uuid.uuid4().hex}"
+    script = tmp_path / "interrupt.py"
+    script.write_text(SCRIPT)
+    directory = tmp_path / "tree"
+    directory.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), case, str(directory)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=stress_tasks.script_env(**{token: "1"}),
+        cwd=str(tmp_path),
+        start_new_session=True,
+    )
+    try:
+        blocked = _read_line(proc, b"BLOCKED", time.monotonic() + 60)
+        assert blocked, f"the script never blocked: {proc.communicate(timeout=60)!r}"
+        sent_at = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    assert proc.returncode == 0, err.decode(errors="replace")[-4000:]
+    line = [x for x in out.splitlines() if x.startswith(b"REPORT ")]
+    assert line, out
+    report = json.loads(line[-1][7:])
+    print(
+        f"\nSIGINT in {case}: blocked at {blocked.decode().strip()[8:]}; "
+        f"KeyboardInterrupt after {(report['caught_at'] - sent_at) * 1000:.1f} ms"
+    )
+    assert report["interrupted"], report
+    assert not report["running_done_at_interrupt"], "the call was not blocked any more"
+    assert report["received_at_interrupt"] == 2, "the third submit got in"
+    # The task did not see the interrupt: it finished normally once released.
+    assert report["running"] == sorted(stress_tasks.TREE_NAMES)
+    assert report["queued"] == "queued"
+    assert report["left"] == [], describe(report["left"])
+    # After the script: nothing of its pool, its workers or the task's tree.
+    everything = [report["worker"], *report["tree"]]
+    wait_until(
+        lambda: not any(is_alive(p) for p in everything),
+        timeout=10,
+        message=lambda: describe([p for p in everything if is_alive(p)]),
+    )
+    wait_until(
+        lambda: not processes_with_env_token(token),
+        timeout=10,
+        message=lambda: describe(processes_with_env_token(token)),
+    )

@@ -1,0 +1,182 @@
+"""Stress: workers and the zygote killed from outside while the pool is busy.
+
+Every future must resolve (with its result or ProcessError), only tasks that
+ran on a killed process may fail, and the pool must work normally afterwards.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import random
+import re
+import signal
+import threading
+
+import deadpool
+import pytest
+
+from tests import stress_tasks
+from tests.helpers import is_alive, pool, wait_until
+
+pytestmark = pytest.mark.stress
+
+# The issue asks for 5,000 tasks; kept, and each task is short (1 ms) so that the
+# storm, whose pace is fixed (one kill per 10 ms), finishes within ~30 s on 2 cores.
+STORM_TASKS = 5000
+STORM_WORKERS = 4
+KILL_INTERVAL = 0.010
+RESOLVE_DEADLINE = 240.0
+
+
+def _children(pid: int) -> list[int]:
+    """Live direct children of `pid` (from /proc/<pid>/task/*/children)."""
+    found = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found.extend(int(p) for p in f.read().split())
+        except FileNotFoundError:
+            continue
+    return [p for p in found if is_alive(p)]
+
+
+class Killer(threading.Thread):
+    """SIGKILLs a random live child of the zygote every `interval` seconds.
+
+    Each pid is recorded *before* the signal is sent, so a future that fails
+    can always be matched against the kills."""
+
+    def __init__(self, zygote_pid: int, interval: float) -> None:
+        super().__init__(name="stress-killer", daemon=True)
+        self.zygote_pid = zygote_pid
+        self.interval = interval
+        self.killed: list[int] = []
+        self.stop = threading.Event()
+        self.rng = random.Random(20240601)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            victims = _children(self.zygote_pid)
+            if not victims:
+                continue
+            pid = self.rng.choice(victims)
+            self.killed.append(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _shared_zygote() -> int:
+    pid = deadpool._core.shared_zygote_pid()
+    assert pid is not None and is_alive(pid), f"no live shared zygote ({pid})"
+    return pid
+
+
+def _check_outcomes(futures, killed_pids):
+    """(ok, failed): results must be right, failures only on killed pids."""
+    ok = failed = 0
+    innocent = []
+    for i, fut in enumerate(futures):
+        exc = fut.exception(timeout=0)
+        if exc is None:
+            value, pid = fut.result(timeout=0)
+            assert value == i, (i, value)
+            assert pid == fut.pid, f"task {i} ran on {pid} but its future says {fut.pid}"
+            ok += 1
+            continue
+        failed += 1
+        if not isinstance(exc, deadpool.ProcessError) or fut.pid not in killed_pids:
+            innocent.append((i, fut.pid, repr(exc)))
+            continue
+        assert re.search(rf"\b{fut.pid}\b", str(exc)), str(exc)
+    assert not innocent, (
+        f"{len(innocent)} task(s) failed that did not run on a killed process "
+        f"(first 5: {innocent[:5]})"
+    )
+    return ok, failed
+
+
+def test_kill_storm_costs_only_the_tasks_on_killed_workers():
+    with pool(max_workers=STORM_WORKERS, max_backlog=20) as exe:
+        # Warm up: the zygote and all workers exist before the storm starts.
+        warm = [exe.submit(stress_tasks.tagged, i, 0.05) for i in range(STORM_WORKERS)]
+        assert [f.result(timeout=60)[0] for f in warm] == list(range(STORM_WORKERS))
+        killer = Killer(_shared_zygote(), KILL_INTERVAL)
+        killer.start()
+        try:
+            futures = [exe.submit(stress_tasks.tagged, i, 0.001) for i in range(STORM_TASKS)]
+            done, not_done = concurrent.futures.wait(futures, timeout=RESOLVE_DEADLINE)
+        finally:
+            killer.stop.set()
+            killer.join(30)
+        assert not not_done, f"{len(not_done)} of {STORM_TASKS} futures never resolved"
+        killed = set(killer.killed)
+        ok, failed = _check_outcomes(futures, killed)
+        print(
+            f"\nkill storm: {len(killer.killed)} kills ({len(killed)} distinct pids), "
+            f"{len(done)}/{STORM_TASKS} futures resolved, {ok} ok, {failed} ProcessError"
+        )
+        assert len(killer.killed) >= 50, "the storm hardly killed anything; the test proves little"
+        assert ok + failed == STORM_TASKS
+        # Afterwards: 100 fresh tasks all succeed.
+        fresh = [exe.submit(stress_tasks.tagged, i) for i in range(100)]
+        assert [f.result(timeout=60)[0] for f in fresh] == list(range(100))
+        stats = exe.get_statistics()
+        assert stats["tasks_received"] == STORM_WORKERS + STORM_TASKS + 100, stats
+        assert stats["tasks_failed"] == failed, stats
+
+
+# Scaled: 5 zygote kills over 400 tasks of 5 ms on 2 workers (each kill costs a
+# new interpreter start, ~0.1-0.3 s here).
+ZYGOTE_KILLS = 5
+ZYGOTE_TASKS = 400
+
+
+def test_zygote_killed_repeatedly_loses_no_future():
+    with pool(max_workers=2, max_backlog=10) as exe:
+        assert exe.submit(stress_tasks.ident, 0).result(timeout=60) == 0
+        zygotes_killed = []
+        doomed_workers: set[int] = set()
+        futures = []
+        for i in range(ZYGOTE_TASKS):
+            futures.append(exe.submit(stress_tasks.tagged, i, 0.005))
+            if i % (ZYGOTE_TASKS // ZYGOTE_KILLS) == ZYGOTE_TASKS // ZYGOTE_KILLS // 2:
+                zygote = _shared_zygote()
+                # Whatever runs below it now may be lost with it; record first.
+                doomed_workers.update(_children(zygote))
+                zygotes_killed.append(zygote)
+                os.kill(zygote, signal.SIGKILL)
+        done, not_done = concurrent.futures.wait(futures, timeout=RESOLVE_DEADLINE)
+        assert not not_done, f"{len(not_done)} of {ZYGOTE_TASKS} futures never resolved"
+        ok, failed = _check_outcomes(futures, doomed_workers)
+        print(
+            f"\nzygote kills: {len(zygotes_killed)} zygotes killed, "
+            f"{len(done)}/{ZYGOTE_TASKS} futures resolved, {ok} ok, {failed} ProcessError"
+        )
+        # The pool goes on with a new zygote.
+        fresh = [exe.submit(stress_tasks.tagged, i) for i in range(50)]
+        assert [f.result(timeout=60)[0] for f in fresh] == list(range(50))
+        assert _shared_zygote() not in zygotes_killed
+        # Neither the killed zygotes nor their workers survive (workers are
+        # re-parented away from us, so the suite's leftover check cannot see them).
+        for pid in [*zygotes_killed, *doomed_workers]:
+            wait_until(lambda pid=pid: not is_alive(pid), timeout=10, message=f"{pid} survived")
+
+
+def test_zygote_killed_while_idle_then_submit_works():
+    with pool(max_workers=2) as exe:
+        assert exe.submit(stress_tasks.ident, 1).result(timeout=60) == 1
+        zygote = _shared_zygote()
+        workers = _children(zygote)
+        os.kill(zygote, signal.SIGKILL)
+        for pid in [zygote, *workers]:
+            wait_until(lambda pid=pid: not is_alive(pid), timeout=10, message=f"{pid} survived")
+        futures = [exe.submit(stress_tasks.tagged, i) for i in range(20)]
+        assert [f.result(timeout=60)[0] for f in futures] == list(range(20))
+        assert _shared_zygote() != zygote
