@@ -248,6 +248,8 @@ def targets_section(results):
     header = ["target (issue 5)", "ours", "baseline", "ratio", "goal", "met"]
     rows = []
     for t in TARGETS:
+        if t.impl not in results.get(t.workload, {}):
+            continue  # not part of this run (e.g. a variant in a quick run)
         value = median(results, t.workload, t.impl, t.key)
         base = median(results, t.workload, t.baseline, t.key) if t.baseline else None
         if t.baseline:

@@ -2,6 +2,7 @@
 //! about Python; everything else is plain Rust with its own tests.
 
 mod backlog;
+mod deadline;
 mod events;
 mod exit_status;
 mod memory;

@@ -329,12 +329,14 @@ fn completion_loop(
                 Err(_) => break,
             }
         }
-        let delivered = Python::try_attach(|py| deliver(py, batch, &callbacks, &commands));
-        if delivered.is_none() {
+        let Some(answered) = Python::try_attach(|py| deliver(py, batch, &callbacks, &commands))
+        else {
             // The interpreter is finalizing: nobody is left to tell.
             break;
+        };
+        if answered {
+            shared.waker.wake();
         }
-        shared.waker.wake();
     }
     // Python references must be released while attached; at interpreter
     // shutdown there is no one to release them to.
@@ -343,8 +345,16 @@ fn completion_loop(
     }
 }
 
-fn deliver(py: Python<'_>, batch: Vec<Event>, callbacks: &Callbacks, commands: &Sender<Command>) {
+/// Hands a batch to Python; true if it sent the supervisor an answer (which
+/// then needs waking).
+fn deliver(
+    py: Python<'_>,
+    batch: Vec<Event>,
+    callbacks: &Callbacks,
+    commands: &Sender<Command>,
+) -> bool {
     let items = PyList::empty(py);
+    let mut answered = false;
     for event in batch {
         let item = match event {
             Event::Started { task_id, pid } => dispatch_item(py, STARTED, task_id, pid, None),
@@ -352,6 +362,7 @@ fn deliver(py: Python<'_>, batch: Vec<Event>, callbacks: &Callbacks, commands: &
             Event::NeedConfig { worker_id } => {
                 let config = call_for_bytes(py, callbacks.make_config.as_ref());
                 let _ = commands.send(Command::WorkerConfig { worker_id, config });
+                answered = true;
                 continue;
             }
             Event::NeedFork {
@@ -360,6 +371,7 @@ fn deliver(py: Python<'_>, batch: Vec<Event>, callbacks: &Callbacks, commands: &
             } => {
                 let pid = fork_zygote(py, callbacks.fork_zygote.as_ref(), child_end);
                 let _ = commands.send(Command::Forked { worker_id, pid });
+                answered = true;
                 continue;
             }
             Event::Log { level, message } => {
@@ -372,12 +384,12 @@ fn deliver(py: Python<'_>, batch: Vec<Event>, callbacks: &Callbacks, commands: &
             Err(error) => error.write_unraisable(py, None),
         }
     }
-    if items.is_empty() {
-        return;
+    if !items.is_empty() {
+        if let Err(error) = callbacks.dispatch.call1(py, (items,)) {
+            error.write_unraisable(py, Some(callbacks.dispatch.bind(py)));
+        }
     }
-    if let Err(error) = callbacks.dispatch.call1(py, (items,)) {
-        error.write_unraisable(py, Some(callbacks.dispatch.bind(py)));
-    }
+    answered
 }
 
 fn dispatch_item<'py>(

@@ -9,6 +9,7 @@
 //! own task. Outcomes go to the completion thread as plain data.
 
 use crate::backlog::Backlog;
+use crate::deadline;
 use crate::events::{Command, Event, Outcome};
 use crate::exit_status::describe_death;
 use crate::process_tree;
@@ -197,9 +198,7 @@ impl Supervisor {
             if self.finished() {
                 break;
             }
-            let timeout = self
-                .next_wakeup()
-                .map(|at| at.saturating_duration_since(Instant::now()));
+            let timeout = deadline::sleep_until_earliest(self.next_wakeup(), Instant::now());
             self.wait_for_io(timeout);
         }
         self.wait_for_zygotes();
@@ -504,7 +503,7 @@ impl Supervisor {
             let Some(worker) = self.workers.get_mut(&worker_id) else {
                 continue;
             };
-            let deadline = task.timeout.map(|t| Instant::now() + t);
+            let deadline = deadline::deadline_for(Instant::now(), task.timeout);
             worker.state = State::Busy {
                 task_id: task.id,
                 deadline,
@@ -539,7 +538,7 @@ impl Supervisor {
                     worker.state = State::Killed;
                     timed_out.push(task_id);
                 }
-                State::Retiring { deadline } if deadline <= now => {
+                State::Retiring { deadline } if deadline::is_due(deadline, now) => {
                     stuck.push(worker.pid.unwrap_or(0));
                     worker.kill();
                     worker.state = State::Killed;
@@ -558,7 +557,7 @@ impl Supervisor {
         }
     }
 
-    fn next_wakeup(&self) -> Option<Instant> {
+    fn next_wakeup(&self) -> Vec<Instant> {
         let deadlines = self.workers.values().filter_map(|w| match w.state {
             State::Busy { deadline, .. } => deadline,
             State::Retiring { deadline } => Some(deadline),
@@ -566,7 +565,10 @@ impl Supervisor {
         });
         let reaping = !self.zygotes_to_reap.is_empty() || self.check_shared_zygote_until.is_some();
         let reap = reaping.then(|| Instant::now() + REAP_RETRY);
-        deadlines.chain(self.spawn_blocked_until).chain(reap).min()
+        deadlines
+            .chain(self.spawn_blocked_until)
+            .chain(reap)
+            .collect()
     }
 
     fn finished(&self) -> bool {
@@ -656,33 +658,31 @@ impl Supervisor {
         }
     }
 
+    /// Reads at most one frame: a worker sends one and then waits for us, so
+    /// there is nothing more to read now, and skipping the read that would
+    /// only say EAGAIN saves a syscall per task.
     fn read_results(&mut self, worker_id: u64) {
-        loop {
-            let Some(worker) = self.workers.get_mut(&worker_id) else {
-                return;
-            };
-            if !worker.result_open {
-                return;
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
+        if !worker.result_open {
+            return;
+        }
+        let Some(channels) = worker.channels.as_mut() else {
+            return;
+        };
+        match worker.reader.read_from(&mut channels.result_r) {
+            Ok(ReadOutcome::Frame(frame)) => self.on_frame(worker_id, frame),
+            Ok(ReadOutcome::Pending) => {}
+            Ok(ReadOutcome::Eof { .. }) | Err(_) => {
+                worker.result_open = false;
+                self.pipe_closed(worker_id);
+                self.exited_if_orphaned(worker_id);
             }
-            let Some(channels) = worker.channels.as_mut() else {
-                return;
-            };
-            let outcome = worker.reader.read_from(&mut channels.result_r);
-            match outcome {
-                Ok(ReadOutcome::Frame(frame)) => self.on_frame(worker_id, frame),
-                Ok(ReadOutcome::Pending) => return,
-                Ok(ReadOutcome::Eof { .. }) | Err(_) => {
-                    worker.result_open = false;
-                    self.pipe_closed(worker_id);
-                    self.exited_if_orphaned(worker_id);
-                    return;
-                }
-                Ok(ReadOutcome::Corrupt(error)) => {
-                    worker.result_open = false;
-                    self.protocol_broken(worker_id, &error.to_string());
-                    self.exited_if_orphaned(worker_id);
-                    return;
-                }
+            Ok(ReadOutcome::Corrupt(error)) => {
+                worker.result_open = false;
+                self.protocol_broken(worker_id, &error.to_string());
+                self.exited_if_orphaned(worker_id);
             }
         }
     }
@@ -912,10 +912,7 @@ fn flush(worker: &mut Worker) -> bool {
 /// `ppoll` with microsecond resolution, so deadlines are kept to well under a
 /// millisecond. Returns false when nothing is ready (timeout or signal).
 fn ppoll(pollfds: &mut [libc::pollfd], timeout: Option<Duration>) -> bool {
-    let timespec = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
-    });
+    let timespec = timeout.map(deadline::to_timespec);
     let timespec_ptr = timespec
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);

@@ -187,7 +187,12 @@ def stats_settle(exe, timeout: float = 15.0, **expected) -> dict:
     def check():
         nonlocal last
         last = exe.get_statistics()
-        return all(last.get(k) == v for k, v in expected.items())
+        # Settled: no worker is between states (starting up, retiring, being reaped),
+        # so every live worker is either idle or busy.
+        settled = last["worker_processes_still_alive"] == (
+            last["worker_processes_idle"] + last["worker_processes_busy"]
+        )
+        return settled and all(last.get(k) == v for k, v in expected.items())
 
     wait_until(check, timeout=timeout, message=lambda: f"expected {expected}, last stats {last}")
     return last

@@ -336,15 +336,25 @@ def checksum(data):
 
 
 def make_payload(nbytes, seed=7):
-    """`nbytes` of a pattern with a prime period and a seed-dependent head, so
-    that shifted or truncated copies do not checksum alike."""
+    """`nbytes` of a pattern with a prime period (251) after a 1 MiB
+    seed-dependent random head, so that shifted, truncated or reordered
+    copies do not checksum alike. Built in place: one copy at a time."""
     import random
 
     head = random.Random(seed).randbytes(MiB)
     period = bytes((i * 131 + seed) % 256 for i in range(251))
-    body_len = nbytes - len(head)
-    reps, rest = divmod(body_len, len(period))
-    return head + period * reps + period[:rest]
+    buf = bytearray(nbytes)
+    buf[:MiB] = head
+    filled = min(len(period), nbytes - MiB)
+    buf[MiB : MiB + filled] = period[:filled]
+    # Doubling copies keep the period: every copied length is a multiple of 251.
+    while MiB + filled < nbytes:
+        step = min(filled, nbytes - MiB - filled)
+        buf[MiB + filled : MiB + filled + step] = buf[MiB : MiB + step]
+        filled += step
+    data = bytes(buf)
+    del buf
+    return data
 
 
 def payload_checksum(nbytes, seed=7):

@@ -21,7 +21,12 @@ class Pool:
         fork_zygote: Callable[[int], int] | None,
     ) -> Pool: ...
     def submit(
-        self, task_id: int, payload: bytes, priority: int, timeout: float | None, respect_bound: bool
+        self,
+        task_id: int,
+        payload: bytes,
+        priority: int,
+        timeout: float | None,
+        respect_bound: bool,
     ) -> bool: ...
     def cancel(self, task_id: int) -> int: ...
     def shutdown(self, cancel_pending: bool, kill_running: bool) -> list[int]: ...

@@ -6,7 +6,7 @@ import multiprocessing
 CancelledError = concurrent.futures.CancelledError
 
 
-class TimeoutError(concurrent.futures.TimeoutError):  # noqa: A001 - the public name
+class TimeoutError(concurrent.futures.TimeoutError):
     """A task ran past its ``deadpool_timeout``; its worker's process tree was killed."""
 
 

@@ -64,11 +64,17 @@ class Deadpool(concurrent.futures.Executor):
         if max_workers is None:
             max_workers = len(os.sched_getaffinity(0))
         max_workers = _positive_int("max_workers", max_workers)
-        min_workers = max_workers if min_workers is None else _int_at_least("min_workers", min_workers, 0)
+        min_workers = (
+            max_workers if min_workers is None else _int_at_least("min_workers", min_workers, 0)
+        )
         if min_workers > max_workers:
-            raise ValueError(f"min_workers ({min_workers}) must not exceed max_workers ({max_workers})")
+            raise ValueError(
+                f"min_workers ({min_workers}) must not exceed max_workers ({max_workers})"
+            )
         max_tasks_per_child = _optional(_positive_int, "max_tasks_per_child", max_tasks_per_child)
-        max_worker_memory_bytes = _optional(_positive_int, "max_worker_memory_bytes", max_worker_memory_bytes)
+        max_worker_memory_bytes = _optional(
+            _positive_int, "max_worker_memory_bytes", max_worker_memory_bytes
+        )
         trim_threshold = _optional(
             partial(_int_at_least, minimum=0),
             "malloc_trim_rss_memory_threshold_bytes",
@@ -82,8 +88,12 @@ class Deadpool(concurrent.futures.Executor):
         initargs = _as_tuple("initargs", initargs)
         finalargs = _as_tuple("finalargs", finalargs)
         if propagate_environ is not None and not isinstance(propagate_environ, Mapping):
-            raise TypeError(f"propagate_environ must be a mapping or None, not {type(propagate_environ).__name__}")
-        for name, flag in (("shutdown_wait", shutdown_wait), ("shutdown_cancel_futures", shutdown_cancel_futures)):
+            kind = type(propagate_environ).__name__
+            raise TypeError(f"propagate_environ must be a mapping or None, not {kind}")
+        for name, flag in (
+            ("shutdown_wait", shutdown_wait),
+            ("shutdown_cancel_futures", shutdown_cancel_futures),
+        ):
             if flag is not None and not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool or None, not {type(flag).__name__}")
 
@@ -131,7 +141,9 @@ class Deadpool(concurrent.futures.Executor):
         try:
             return pickle.dumps(settings, _PICKLE_PROTOCOL)
         except Exception as exc:
-            raise TypeError(f"initializer, finalizer and their arguments must be picklable: {exc}") from exc
+            raise TypeError(
+                f"initializer, finalizer and their arguments must be picklable: {exc}"
+            ) from exc
 
     # ----- Executor API ---------------------------------------------------
 
@@ -165,7 +177,9 @@ class Deadpool(concurrent.futures.Executor):
         futures = self._dispatcher.futures
         futures[task_id] = future  # before the core can report on it
         try:
-            accepted = self._core.submit(task_id, payload, priority, timeout, not _on_event_loop_thread())
+            accepted = self._core.submit(
+                task_id, payload, priority, timeout, not _on_event_loop_thread()
+            )
         except BaseException:
             futures.pop(task_id, None)
             raise
@@ -185,7 +199,7 @@ class Deadpool(concurrent.futures.Executor):
         chunksize = _positive_int("chunksize", chunksize)
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
-        chunks = _chunks(zip(*iterables), chunksize)
+        chunks = _chunks(zip(*iterables, strict=False), chunksize)
         outcomes = super().map(partial(_worker.run_chunk, fn), chunks, timeout=timeout)
         return _unchunk(outcomes)
 
@@ -256,7 +270,9 @@ class _Dispatcher:
             try:
                 self._finish(future, kind, payload)
             except BaseException as exc:
-                future._resolve(exception=ProcessError(f"deadpool could not deliver the outcome: {exc!r}"))
+                future._resolve(
+                    exception=ProcessError(f"deadpool could not deliver the outcome: {exc!r}")
+                )
 
     def _finish(self, future: Future, kind: int, payload: Any) -> None:
         if kind == _RETURNED:
@@ -272,7 +288,9 @@ class _Dispatcher:
         elif kind == _RAISED:
             future._resolve(exception=_remote_exception(payload))
         elif kind == _TIMED_OUT:
-            future._resolve(exception=TimeoutError(f"the task timed out; worker {future.pid} was killed"))
+            future._resolve(
+                exception=TimeoutError(f"the task timed out; worker {future.pid} was killed")
+            )
         elif kind == _CANCELLED:
             future._force_cancelled()
         else:
@@ -285,7 +303,9 @@ def _remote_exception(payload: bytes) -> BaseException:
     except BaseException as error:
         return ProcessError(f"the task raised an exception that could not be unpickled: {error!r}")
     if exc is None:
-        return ProcessError(f"the task raised an exception that could not be pickled: {description}\n{tb}")
+        return ProcessError(
+            f"the task raised an exception that could not be pickled: {description}\n{tb}"
+        )
     exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
     return exc
 
@@ -324,7 +344,9 @@ def _check_timeout(timeout: Any) -> float | None:
     if timeout is None:
         return None
     if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool):
-        raise TypeError(f"deadpool_timeout must be a number of seconds or None, not {type(timeout).__name__}")
+        raise TypeError(
+            f"deadpool_timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
     timeout = float(timeout)
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"deadpool_timeout must be >= 0, got {timeout}")
@@ -347,7 +369,8 @@ def _start_method(mp_context: Any) -> str:
         method = mp_context.get_start_method()
     else:
         raise ValueError(
-            f"mp_context must be one of {_START_METHODS} or a multiprocessing context, not {mp_context!r}"
+            f"mp_context must be one of {_START_METHODS} or a multiprocessing context, "
+            f"not {mp_context!r}"
         )
     if method not in _START_METHODS:
         raise ValueError(f"mp_context must be one of {_START_METHODS}, not {method!r}")

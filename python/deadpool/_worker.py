@@ -69,7 +69,7 @@ def zygote_main(control_fd: int, single: bool, prepared: bool = False) -> None:
 
 
 def fork_zygote(child_fd: int) -> int:
-    """"fork" start method: fork this (parent) process into a one-worker zygote."""
+    """ "fork" start method: fork this (parent) process into a one-worker zygote."""
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
