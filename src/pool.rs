@@ -316,16 +316,15 @@ fn wait_reply<T: Send>(py: Python<'_>, reply: &Receiver<T>) -> PyResult<Option<T
 }
 
 fn completion_loop(
-    events: Receiver<Event>,
+    events: Receiver<Vec<Event>>,
     commands: Sender<Command>,
     shared: &Shared,
     callbacks: Callbacks,
 ) {
-    while let Ok(first) = events.recv() {
-        let mut batch = vec![first];
+    while let Ok(mut batch) = events.recv() {
         while batch.len() < MAX_BATCH {
             match events.try_recv() {
-                Ok(event) => batch.push(event),
+                Ok(more) => batch.extend(more),
                 Err(_) => break,
             }
         }

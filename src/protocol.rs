@@ -99,11 +99,16 @@ pub enum ReadOutcome {
     Corrupt(FrameError),
 }
 
-/// Incremental decoder: the header goes into a small array, the body straight
-/// into an exactly-sized buffer, so a large result is copied from the kernel once.
+/// How much a read between frames asks for: a small frame then arrives, header
+/// and body, in one syscall.
+const SMALL_READ: usize = 16 * 1024;
+
+/// Incremental decoder. Between frames it reads up to [`SMALL_READ`] bytes, so
+/// a small frame costs one syscall; the rest of a large body is read straight
+/// into its exactly-sized buffer, so a large result is copied from the kernel once.
 pub struct FrameReader {
-    header: [u8; HEADER_LEN],
-    header_filled: usize,
+    /// Bytes read but not yet part of a frame (the start of the next one).
+    stash: Vec<u8>,
     body: Option<(Tag, Vec<u8>, usize)>,
     limit: u64,
 }
@@ -121,8 +126,7 @@ impl FrameReader {
 
     pub fn with_limit(limit: u64) -> Self {
         FrameReader {
-            header: [0; HEADER_LEN],
-            header_filled: 0,
+            stash: Vec::new(),
             body: None,
             limit,
         }
@@ -145,23 +149,35 @@ impl FrameReader {
                 }
                 continue;
             }
-            if self.header_filled == HEADER_LEN {
-                self.header_filled = 0;
-                match decode_header(&self.header, self.limit) {
-                    Ok((tag, len)) => self.body = Some((tag, vec![0u8; len as usize], 0)),
-                    Err(error) => return Ok(ReadOutcome::Corrupt(error)),
+            if self.stash.len() >= HEADER_LEN {
+                if let Err(error) = self.start_body() {
+                    return Ok(ReadOutcome::Corrupt(error));
                 }
                 continue;
             }
-            match read_some(source, &mut self.header[self.header_filled..])? {
+            let mut chunk = [0u8; SMALL_READ];
+            match read_some(source, &mut chunk)? {
                 Some(0) => {
-                    let mid_frame = self.header_filled > 0;
+                    let mid_frame = !self.stash.is_empty();
                     return Ok(ReadOutcome::Eof { mid_frame });
                 }
-                Some(n) => self.header_filled += n,
+                Some(n) => self.stash.extend_from_slice(&chunk[..n]),
                 None => return Ok(ReadOutcome::Pending),
             }
         }
+    }
+
+    /// Decodes the stashed header and moves what follows it into the body.
+    fn start_body(&mut self) -> Result<(), FrameError> {
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&self.stash[..HEADER_LEN]);
+        let (tag, len) = decode_header(&header, self.limit)?;
+        let mut body = vec![0u8; len as usize];
+        let available = (self.stash.len() - HEADER_LEN).min(body.len());
+        body[..available].copy_from_slice(&self.stash[HEADER_LEN..HEADER_LEN + available]);
+        self.stash.drain(..HEADER_LEN + available);
+        self.body = Some((tag, body, available));
+        Ok(())
     }
 }
 

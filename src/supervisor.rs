@@ -21,6 +21,7 @@ use crate::zygote::{
     STATUS_RECORD_LEN,
 };
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -149,7 +150,7 @@ pub struct Supervisor {
     shared: Arc<Shared>,
     settings: Settings,
     commands: Receiver<Command>,
-    events: Sender<Event>,
+    events: Sender<Vec<Event>>,
     workers: BTreeMap<u64, Worker>,
     next_worker_id: u64,
     closing: bool,
@@ -159,6 +160,11 @@ pub struct Supervisor {
     /// Until when to look for the shared zygote's death (seen as a status
     /// pipe closing without an exit record), so it does not stay a zombie.
     check_shared_zygote_until: Option<Instant>,
+    /// The last `ppoll` found the wake-up fd readable.
+    woken: bool,
+    /// Events of this turn, sent as one message (one wake-up of the
+    /// completion thread instead of one per event).
+    outbox: RefCell<Vec<Event>>,
 }
 
 impl Supervisor {
@@ -166,7 +172,7 @@ impl Supervisor {
         shared: Arc<Shared>,
         settings: Settings,
         commands: Receiver<Command>,
-        events: Sender<Event>,
+        events: Sender<Vec<Event>>,
     ) -> Self {
         Supervisor {
             shared,
@@ -180,6 +186,8 @@ impl Supervisor {
             startup_failures: 0,
             zygotes_to_reap: Vec::new(),
             check_shared_zygote_until: None,
+            woken: false,
+            outbox: RefCell::new(Vec::new()),
         }
     }
 
@@ -188,19 +196,21 @@ impl Supervisor {
             self.spawn_worker();
         }
         loop {
-            self.shared.waker.drain();
+            self.shared.waker.drain(std::mem::take(&mut self.woken));
             self.take_commands();
             self.enforce_deadlines(Instant::now());
             self.reap_zygotes();
             self.maintain_workers();
             self.dispatch();
             self.publish_census();
+            self.send_events();
             if self.finished() {
                 break;
             }
             let timeout = deadline::sleep_until_earliest(self.next_wakeup(), Instant::now());
             self.wait_for_io(timeout);
         }
+        self.send_events();
         self.wait_for_zygotes();
     }
 
@@ -211,8 +221,15 @@ impl Supervisor {
     }
 
     fn emit(&self, event: Event) {
-        // The receiver only goes away with the pool itself; nothing to tell then.
-        let _ = self.events.send(event);
+        self.outbox.borrow_mut().push(event);
+    }
+
+    fn send_events(&self) {
+        let events = std::mem::take(&mut *self.outbox.borrow_mut());
+        if !events.is_empty() {
+            // The receiver only goes away with the pool itself; nothing to tell then.
+            let _ = self.events.send(events);
+        }
     }
 
     fn finish_task(&self, task_id: u64, outcome: Outcome) {
@@ -631,6 +648,7 @@ impl Supervisor {
         if !ppoll(&mut pollfds, timeout) {
             return;
         }
+        self.woken = pollfds[0].revents != 0;
         // Results before statuses: a worker's last frame must be read before
         // its exit is handled.
         for pass in [FdRole::Result, FdRole::Task, FdRole::Status] {

@@ -3,7 +3,8 @@
 //! An eventfd write costs a syscall, so a flag coalesces wake-ups: only the
 //! first caller after the supervisor last drained writes. The supervisor must
 //! call [`Waker::drain`] before it looks at the backlog and the commands, so a
-//! push that saw the flag set is always seen.
+//! push that saw the flag set is always seen. Draining reads the eventfd only
+//! when there can be something to read, saving a syscall per loop.
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::io;
@@ -31,9 +32,14 @@ impl Waker {
         }
     }
 
-    pub fn drain(&self) {
-        self.armed.store(false, Ordering::Release);
-        let _ = self.fd.read();
+    /// `readable`: `ppoll` reported the eventfd readable. A wake whose write
+    /// lands just after a drain leaves it readable with the flag clear; that
+    /// case is read here too, or `ppoll` would return at once forever.
+    pub fn drain(&self, readable: bool) {
+        let was_armed = self.armed.swap(false, Ordering::AcqRel);
+        if was_armed || readable {
+            let _ = self.fd.read();
+        }
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -62,9 +68,14 @@ mod tests {
         waker.wake();
         waker.wake();
         assert!(readable(waker.raw_fd()));
-        waker.drain();
+        waker.drain(true);
         assert!(!readable(waker.raw_fd()));
         waker.wake();
         assert!(readable(waker.raw_fd()), "re-armed after drain");
+        waker.drain(false);
+        assert!(
+            !readable(waker.raw_fd()),
+            "an armed waker is read even unprompted"
+        );
     }
 }

@@ -160,8 +160,10 @@ class Deadpool(concurrent.futures.Executor):
         tasks wait (except on a thread running an asyncio event loop)."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
-        timeout = _check_timeout(deadpool_timeout)
-        priority = _check_priority(deadpool_priority)
+        timeout = None if deadpool_timeout is None else _check_timeout(deadpool_timeout)
+        priority = deadpool_priority
+        if type(priority) is not int or not 0 <= priority <= _MAX_PRIORITY:
+            priority = _check_priority(priority)
         self._check_usable()
         future = Future()
         task_id = next(self._ids)
