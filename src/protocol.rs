@@ -172,12 +172,34 @@ impl FrameReader {
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(&self.stash[..HEADER_LEN]);
         let (tag, len) = decode_header(&header, self.limit)?;
-        let mut body = vec![0u8; len as usize];
+        let mut body = zeroed_buffer(len).ok_or(FrameError::TooLarge(len))?;
         let available = (self.stash.len() - HEADER_LEN).min(body.len());
         body[..available].copy_from_slice(&self.stash[HEADER_LEN..HEADER_LEN + available]);
         self.stash.drain(..HEADER_LEN + available);
         self.body = Some((tag, body, available));
         Ok(())
+    }
+}
+
+/// A zeroed buffer of `len` bytes, or `None` if the allocator refuses. Zeroed
+/// allocation maps fresh pages lazily, so a 2 GiB body costs no memset, and a
+/// refused allocation (a lying header) fails one frame instead of aborting the
+/// whole process as `vec!` would.
+fn zeroed_buffer(len: u64) -> Option<Vec<u8>> {
+    let len = usize::try_from(len).ok()?;
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(len).ok()?;
+    // SAFETY: `layout` has a non-zero size. The pointer, if not null, comes from
+    // the global allocator with exactly the layout `Vec<u8>` uses for this
+    // capacity, and all `len` bytes are initialised (zeroed).
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout);
+        if ptr.is_null() {
+            return None;
+        }
+        Some(Vec::from_raw_parts(ptr, len, len))
     }
 }
 
@@ -337,6 +359,20 @@ mod tests {
             outcome,
             ReadOutcome::Corrupt(FrameError::TooLarge(u64::MAX))
         );
+    }
+
+    #[test]
+    fn an_unallocatable_length_is_corrupt_not_an_abort() {
+        let mut bytes = encode(Tag::Ok, b"");
+        bytes[1..9].copy_from_slice(&(MAX_BODY_LEN - 1).to_le_bytes());
+        let mut reader = FrameReader::new();
+        // Either the allocator refuses (corrupt) or it maps lazily and the
+        // stream then ends mid-frame; the process must survive both.
+        let outcome = reader.read_from(&mut Cursor::new(bytes)).expect("read");
+        assert!(matches!(
+            outcome,
+            ReadOutcome::Corrupt(FrameError::TooLarge(_)) | ReadOutcome::Eof { mid_frame: true }
+        ));
     }
 
     #[test]

@@ -132,7 +132,7 @@ class Deadpool(concurrent.futures.Executor):
         self._dispatcher.note_failed = self._core.note_failed
         _live_pools.add(self._core)
         # Dropped without shutdown(): let the work finish, then release the workers.
-        weakref.finalize(self, self._core.shutdown, False, False)
+        weakref.finalize(self, _release, self._core, self._owner_pid)
 
     def _worker_config(self) -> bytes:
         settings = dict(self._settings)
@@ -220,9 +220,19 @@ class Deadpool(concurrent.futures.Executor):
             if future is not None:
                 future._force_cancelled()
         if wait:
-            self._core.wait()
+            try:
+                self._core.wait()
+            except KeyboardInterrupt:
+                # Ctrl-C while waiting means "stop now", not "wait harder".
+                self._core.shutdown(True, True)
+                raise
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Interrupted inside the block: kill the work instead of waiting for it.
+            self.shutdown(wait=False, cancel_futures=True)
+            self._core.wait()
+            return False
         wait = True if self._shutdown_wait is None else self._shutdown_wait
         cancel = False if self._shutdown_cancel_futures is None else self._shutdown_cancel_futures
         self.shutdown(wait=wait, cancel_futures=cancel)
@@ -409,6 +419,11 @@ def _chunks(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[
 # ----- process-wide hooks -------------------------------------------------
 
 _live_pools: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _release(core: Any, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:
+        core.shutdown(False, False)
 
 
 def _finish_pools_at_exit() -> None:
