@@ -2,6 +2,7 @@
 //! about Python; everything else is plain Rust with its own tests.
 
 mod backlog;
+mod buffers;
 mod deadline;
 mod events;
 mod exit_status;
@@ -9,6 +10,7 @@ mod memory;
 mod pool;
 mod process_tree;
 mod protocol;
+mod result_buffer;
 mod stats;
 mod supervisor;
 mod waker;
@@ -82,6 +84,12 @@ mod _core {
     fn become_forked_zygote(parent_pid: i32) -> PyResult<()> {
         worker_process::become_forked_zygote(parent_pid)
             .map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
+    /// Worker start-up: let large payload buffers be reused (see memory.rs).
+    #[pyfunction]
+    fn tune_allocator_for_worker() {
+        memory::tune_for_worker();
     }
 
     /// Returns freed heap memory to the OS (glibc `malloc_trim(0)`).

@@ -9,7 +9,9 @@
 
 use crate::backlog::Backlog;
 use crate::backlog::{lock, PushError, Task};
+use crate::buffers::BufferPool;
 use crate::events::{Command, Event, Outcome};
+use crate::result_buffer::ResultBuffer;
 use crate::stats::Stats;
 use crate::supervisor::{Settings, Shared, StartMethod, Supervisor};
 use crate::waker::Waker;
@@ -122,6 +124,7 @@ impl Pool {
             backlog: Backlog::new(max_backlog),
             waker: Waker::new()?,
             stats: Stats::default(),
+            buffers: Arc::new(BufferPool::new()),
         });
         let (command_tx, command_rx) = crossbeam_channel::unbounded();
         let (event_tx, event_rx) = crossbeam_channel::unbounded();
@@ -182,7 +185,7 @@ impl Pool {
         let mut task = Task {
             id: task_id,
             priority,
-            payload: payload.to_vec(),
+            payload: self.shared.buffers.copy_of(payload),
             timeout,
         };
         loop {
@@ -328,7 +331,8 @@ fn completion_loop(
                 Err(_) => break,
             }
         }
-        let Some(answered) = Python::try_attach(|py| deliver(py, batch, &callbacks, &commands))
+        let Some(answered) =
+            Python::try_attach(|py| deliver(py, batch, &callbacks, shared, &commands))
         else {
             // The interpreter is finalizing: nobody is left to tell.
             break;
@@ -350,6 +354,7 @@ fn deliver(
     py: Python<'_>,
     batch: Vec<Event>,
     callbacks: &Callbacks,
+    shared: &Shared,
     commands: &Sender<Command>,
 ) -> bool {
     let items = PyList::empty(py);
@@ -357,7 +362,9 @@ fn deliver(
     for event in batch {
         let item = match event {
             Event::Started { task_id, pid } => dispatch_item(py, STARTED, task_id, pid, None),
-            Event::Finished { task_id, outcome } => finished_item(py, task_id, outcome),
+            Event::Finished { task_id, outcome } => {
+                finished_item(py, task_id, outcome, &shared.buffers)
+            }
             Event::NeedConfig { worker_id } => {
                 let config = call_for_bytes(py, callbacks.make_config.as_ref());
                 let _ = commands.send(Command::WorkerConfig { worker_id, config });
@@ -410,10 +417,18 @@ fn dispatch_item<'py>(
     )
 }
 
-fn finished_item(py: Python<'_>, task_id: u64, outcome: Outcome) -> PyResult<Bound<'_, PyTuple>> {
+fn finished_item<'py>(
+    py: Python<'py>,
+    task_id: u64,
+    outcome: Outcome,
+    buffers: &Arc<BufferPool>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let frame = |bytes: Vec<u8>| -> PyResult<Bound<'py, PyAny>> {
+        Ok(Bound::new(py, ResultBuffer::new(bytes, Arc::clone(buffers)))?.into_any())
+    };
     let (kind, payload) = match outcome {
-        Outcome::Returned(bytes) => (RETURNED, Some(PyBytes::new(py, &bytes).into_any())),
-        Outcome::Raised(bytes) => (RAISED, Some(PyBytes::new(py, &bytes).into_any())),
+        Outcome::Returned(bytes) => (RETURNED, Some(frame(bytes)?)),
+        Outcome::Raised(bytes) => (RAISED, Some(frame(bytes)?)),
         Outcome::TimedOut => (TIMED_OUT, None),
         Outcome::Cancelled => (CANCELLED, None),
         Outcome::Lost(message) => (LOST, Some(PyString::new(py, &message).into_any())),

@@ -6,7 +6,9 @@
 //! supervisor only ever does non-blocking reads: a slow or dead worker can leave
 //! a frame half-written and the supervisor must simply come back later.
 
+use crate::buffers::BufferPool;
 use std::io::{self, IoSlice, Read, Write};
+use std::sync::Arc;
 
 pub const HEADER_LEN: usize = 9;
 
@@ -111,6 +113,7 @@ pub struct FrameReader {
     stash: Vec<u8>,
     body: Option<(Tag, Vec<u8>, usize)>,
     limit: u64,
+    buffers: Arc<BufferPool>,
 }
 
 impl Default for FrameReader {
@@ -120,15 +123,22 @@ impl Default for FrameReader {
 }
 
 impl FrameReader {
+    #[cfg(test)]
     pub fn new() -> Self {
         Self::default()
     }
 
     pub fn with_limit(limit: u64) -> Self {
+        Self::with_buffers(limit, Arc::new(BufferPool::new()))
+    }
+
+    /// Bodies are taken from (and may be given back to) `buffers`.
+    pub fn with_buffers(limit: u64, buffers: Arc<BufferPool>) -> Self {
         FrameReader {
             stash: Vec::new(),
             body: None,
             limit,
+            buffers,
         }
     }
 
@@ -172,34 +182,13 @@ impl FrameReader {
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(&self.stash[..HEADER_LEN]);
         let (tag, len) = decode_header(&header, self.limit)?;
-        let mut body = zeroed_buffer(len).ok_or(FrameError::TooLarge(len))?;
+        let size = usize::try_from(len).map_err(|_| FrameError::TooLarge(len))?;
+        let mut body = self.buffers.zeroed(size).ok_or(FrameError::TooLarge(len))?;
         let available = (self.stash.len() - HEADER_LEN).min(body.len());
         body[..available].copy_from_slice(&self.stash[HEADER_LEN..HEADER_LEN + available]);
         self.stash.drain(..HEADER_LEN + available);
         self.body = Some((tag, body, available));
         Ok(())
-    }
-}
-
-/// A zeroed buffer of `len` bytes, or `None` if the allocator refuses. Zeroed
-/// allocation maps fresh pages lazily, so a 2 GiB body costs no memset, and a
-/// refused allocation (a lying header) fails one frame instead of aborting the
-/// whole process as `vec!` would.
-fn zeroed_buffer(len: u64) -> Option<Vec<u8>> {
-    let len = usize::try_from(len).ok()?;
-    if len == 0 {
-        return Some(Vec::new());
-    }
-    let layout = std::alloc::Layout::array::<u8>(len).ok()?;
-    // SAFETY: `layout` has a non-zero size. The pointer, if not null, comes from
-    // the global allocator with exactly the layout `Vec<u8>` uses for this
-    // capacity, and all `len` bytes are initialised (zeroed).
-    unsafe {
-        let ptr = std::alloc::alloc_zeroed(layout);
-        if ptr.is_null() {
-            return None;
-        }
-        Some(Vec::from_raw_parts(ptr, len, len))
     }
 }
 
@@ -234,6 +223,11 @@ impl PendingWrite {
 
     fn total(&self) -> usize {
         HEADER_LEN + self.body.len()
+    }
+
+    /// The body, to recycle once the frame is out.
+    pub fn into_body(self) -> Vec<u8> {
+        self.body
     }
 
     /// Writes as much as the sink takes; `Ok(true)` once the frame is all out.

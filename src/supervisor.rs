@@ -9,11 +9,12 @@
 //! own task. Outcomes go to the completion thread as plain data.
 
 use crate::backlog::Backlog;
+use crate::buffers::BufferPool;
 use crate::deadline;
 use crate::events::{Command, Event, Outcome};
 use crate::exit_status::describe_death;
 use crate::process_tree;
-use crate::protocol::{Frame, FrameReader, PendingWrite, ReadOutcome, Tag};
+use crate::protocol::{Frame, FrameReader, PendingWrite, ReadOutcome, Tag, MAX_BODY_LEN};
 use crate::stats::{Census, Stats};
 use crate::waker::Waker;
 use crate::zygote::{
@@ -59,6 +60,7 @@ pub struct Shared {
     pub backlog: Backlog,
     pub waker: Waker,
     pub stats: Stats,
+    pub buffers: Arc<BufferPool>,
 }
 
 enum State {
@@ -101,16 +103,18 @@ struct Worker {
     retire_when_ready: bool,
     /// Killed before the zygote told us its pid: kill as soon as it does.
     kill_when_pid_known: bool,
+    /// Where written task payloads go back for reuse.
+    buffers: Arc<BufferPool>,
 }
 
 impl Worker {
-    fn new() -> Worker {
+    fn new(buffers: &Arc<BufferPool>) -> Worker {
         Worker {
             pid: None,
             channels: None,
             fork_control: None,
             zygote: None,
-            reader: FrameReader::new(),
+            reader: FrameReader::with_buffers(MAX_BODY_LEN, Arc::clone(buffers)),
             status_bytes: Vec::new(),
             outbox: VecDeque::new(),
             state: State::Starting,
@@ -121,6 +125,7 @@ impl Worker {
             exit_status: None,
             retire_when_ready: false,
             kill_when_pid_known: false,
+            buffers: Arc::clone(buffers),
         }
     }
 
@@ -341,7 +346,7 @@ impl Supervisor {
     fn spawn_worker(&mut self) {
         let id = self.next_worker_id;
         self.next_worker_id += 1;
-        let mut worker = Worker::new();
+        let mut worker = Worker::new(&self.shared.buffers);
         let started = match self.settings.start_method {
             StartMethod::Forkserver => {
                 let mut notes = Vec::new();
@@ -915,7 +920,9 @@ fn flush(worker: &mut Worker) -> bool {
     while let Some(pending) = worker.outbox.front_mut() {
         match pending.write_to(&mut channels.task_w) {
             Ok(true) => {
-                worker.outbox.pop_front();
+                if let Some(done) = worker.outbox.pop_front() {
+                    worker.buffers.give(done.into_body());
+                }
             }
             Ok(false) => return true,
             Err(_) => {

@@ -229,6 +229,7 @@ def _write_status(fd: int, kind: int, value: int) -> None:
 
 
 def worker_main(task_fd: int, result_fd: int) -> None:
+    _core.tune_allocator_for_worker()
     settings = _read_settings(task_fd)
     _initialise(settings)
     _core.write_frame(result_fd, TAG_READY, struct.pack("<I", os.getpid()))
