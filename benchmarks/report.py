@@ -61,6 +61,8 @@ METRICS = {
 
 # Result fields that are not numbers but worth a note under the table.
 NOTE_KEYS = {"crash": ["submit_error", "innocent_error_types"], "memory": ["per_process"]}
+# Of these, one example is enough: they barely change from run to run.
+FIRST_RUN_ONLY = {"per_process"}
 
 
 @dataclass(frozen=True)
@@ -207,10 +209,10 @@ def _notes(workload, per_impl):
     lines = []
     for impl, outcomes in per_impl.items():
         seen = {}
-        for o in outcomes:
+        for run, o in enumerate(outcomes):
             texts = list(o.notes)
             for key in NOTE_KEYS.get(workload, []):
-                if o.result.get(key):
+                if o.result.get(key) and (run == 0 or key not in FIRST_RUN_ONLY):
                     texts.append(f"{key}: {o.result[key]}")
             for text in texts:
                 seen[text] = seen.get(text, 0) + 1
@@ -226,8 +228,8 @@ def ratio_section(results, baseline, title):
     for workload, metrics in METRICS.items():
         for m in (m for m in metrics if m.ratio and workload in results):
             base = median(results, workload, baseline, m.key)
-            if not base:
-                continue  # the baseline has no such number (n/a, broke, failed)
+            if not base or status(results[workload].get(baseline, [])) != "ok":
+                continue  # the baseline has no comparable number (n/a, broke, failed)
             row = [f"{workload}: {m.title} ({'↑' if m.better == 'up' else '↓'} better)"]
             row += [_ratio_cell(results, workload, impl, m.key, base) for impl in impls]
             rows.append(row)

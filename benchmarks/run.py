@@ -18,6 +18,7 @@ import os
 import platform
 import shlex
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -188,11 +189,26 @@ def machine_lines(args):
         f"- Python: {platform.python_implementation()} {platform.python_version()} "
         f"({sys.executable})",
         f"- kernel: {platform.system()} {platform.release()}",
+        f"- source: {_source_revision()}",
         f"- command: `{shlex.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`"
         + (" (quick mode: fewer tasks and repetitions)" if args.quick else ""),
         f"- every number is the median over the repetitions, (min{report.DASH}max) beside it; the "
         "machine is shared and noisy, so compare ratios within one run.",
     ]
+
+
+def _source_revision():
+    """Which commit of deadpool was measured, so a result can be traced back."""
+
+    def git(*args):
+        done = subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "not a git checkout"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "../src", "../python")
+    return f"commit {commit}" + (" with uncommitted changes in src/ or python/" if dirty else "")
 
 
 def _cpu_model():

@@ -6,6 +6,7 @@ mod buffers;
 mod deadline;
 mod events;
 mod exit_status;
+mod killer;
 mod memory;
 mod pool;
 mod process_tree;
@@ -36,26 +37,26 @@ mod _core {
     }
 
     /// Worker side: blocks (without the GIL) for the next frame from the pool.
-    /// Returns `(tag, body)`, or None when the pool closed the pipe.
+    /// Returns `(tag, task_id, body)`, or None when the pool closed the pipe.
     #[pyfunction]
-    fn read_frame(py: Python<'_>, fd: i32) -> PyResult<Option<(u8, Py<PyBytes>)>> {
-        let Some((tag, len)) = py.detach(|| worker_process::read_header(fd))? else {
+    fn read_frame(py: Python<'_>, fd: i32) -> PyResult<Option<(u8, u64, Py<PyBytes>)>> {
+        let Some((tag, id, len)) = py.detach(|| worker_process::read_header(fd))? else {
             return Ok(None);
         };
         let body = PyBytes::new_with(py, len, |buf| {
             py.detach(|| worker_process::read_exact(fd, buf))?;
             Ok(())
         })?;
-        Ok(Some((tag as u8, body.unbind())))
+        Ok(Some((tag as u8, id, body.unbind())))
     }
 
     /// Worker side: writes one frame, blocking without the GIL. The body is
     /// written straight from the bytes object, uncopied.
     #[pyfunction]
-    fn write_frame(py: Python<'_>, fd: i32, tag: u8, body: &[u8]) -> PyResult<()> {
+    fn write_frame(py: Python<'_>, fd: i32, tag: u8, task_id: u64, body: &[u8]) -> PyResult<()> {
         let tag = protocol::Tag::from_byte(tag)
             .ok_or_else(|| PyValueError::new_err("unknown frame tag"))?;
-        py.detach(|| worker_process::write_frame(fd, tag, body))?;
+        py.detach(|| worker_process::write_frame(fd, tag, task_id, body))?;
         Ok(())
     }
 

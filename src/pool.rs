@@ -11,6 +11,7 @@ use crate::backlog::Backlog;
 use crate::backlog::{lock, PushError, Task};
 use crate::buffers::BufferPool;
 use crate::events::{Command, Event, Outcome};
+use crate::killer::Killer;
 use crate::result_buffer::ResultBuffer;
 use crate::stats::Stats;
 use crate::supervisor::{Settings, Shared, StartMethod, Supervisor};
@@ -136,7 +137,13 @@ impl Pool {
             fork_zygote,
         };
 
-        let supervisor = Supervisor::new(Arc::clone(&shared), settings, command_rx, event_tx);
+        let supervisor = Supervisor::new(
+            Arc::clone(&shared),
+            settings,
+            command_rx,
+            event_tx,
+            Killer::start()?,
+        );
         let supervisor_thread = std::thread::Builder::new()
             .name("deadpool-supervisor".into())
             .spawn(move || supervisor.run())?;

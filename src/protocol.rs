@@ -1,7 +1,9 @@
 //! Frames on the private pipes between the pool and one worker.
 //!
-//! A frame is a 9-byte header (one tag byte, then the body length as a
-//! little-endian u64) followed by the body. Sizes are 64-bit so multi-GiB
+//! A frame is a 17-byte header (one tag byte, the body length and the task id,
+//! each a little-endian u64) followed by the body. A worker echoes the id of
+//! the task it answers, so bytes a task writes into the pipe itself can never
+//! be taken for another task's result. Sizes are 64-bit so multi-GiB
 //! arguments and results travel intact. The reader is incremental because the
 //! supervisor only ever does non-blocking reads: a slow or dead worker can leave
 //! a frame half-written and the supervisor must simply come back later.
@@ -10,7 +12,7 @@ use crate::buffers::BufferPool;
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 
-pub const HEADER_LEN: usize = 9;
+pub const HEADER_LEN: usize = 17;
 
 /// Bodies above this are treated as corruption rather than allocated: a garbage
 /// header must fail one future, not make the parent try to allocate exabytes.
@@ -50,6 +52,7 @@ impl Tag {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Frame {
     pub tag: Tag,
+    pub id: u64,
     pub body: Vec<u8>,
 }
 
@@ -70,22 +73,24 @@ impl std::fmt::Display for FrameError {
     }
 }
 
-pub fn encode_header(tag: Tag, body_len: usize) -> [u8; HEADER_LEN] {
+pub fn encode_header(tag: Tag, id: u64, body_len: usize) -> [u8; HEADER_LEN] {
     let mut header = [0u8; HEADER_LEN];
     header[0] = tag as u8;
-    header[1..].copy_from_slice(&(body_len as u64).to_le_bytes());
+    header[1..9].copy_from_slice(&(body_len as u64).to_le_bytes());
+    header[9..].copy_from_slice(&id.to_le_bytes());
     header
 }
 
-pub fn decode_header(header: &[u8; HEADER_LEN], limit: u64) -> Result<(Tag, u64), FrameError> {
+pub fn decode_header(header: &[u8; HEADER_LEN], limit: u64) -> Result<(Tag, u64, u64), FrameError> {
     let tag = Tag::from_byte(header[0]).ok_or(FrameError::UnknownTag(header[0]))?;
-    let mut len_bytes = [0u8; 8];
-    len_bytes.copy_from_slice(&header[1..]);
-    let len = u64::from_le_bytes(len_bytes);
+    let mut field = [0u8; 8];
+    field.copy_from_slice(&header[1..9]);
+    let len = u64::from_le_bytes(field);
     if len > limit {
         return Err(FrameError::TooLarge(len));
     }
-    Ok((tag, len))
+    field.copy_from_slice(&header[9..]);
+    Ok((tag, len, u64::from_le_bytes(field)))
 }
 
 /// What one call to [`FrameReader::read_from`] achieved.
@@ -111,7 +116,7 @@ const SMALL_READ: usize = 16 * 1024;
 pub struct FrameReader {
     /// Bytes read but not yet part of a frame (the start of the next one).
     stash: Vec<u8>,
-    body: Option<(Tag, Vec<u8>, usize)>,
+    body: Option<(Tag, u64, Vec<u8>, usize)>,
     limit: u64,
     buffers: Arc<BufferPool>,
 }
@@ -145,12 +150,12 @@ impl FrameReader {
     /// Reads until one frame is complete, the source would block, or it ends.
     pub fn read_from<R: Read>(&mut self, source: &mut R) -> io::Result<ReadOutcome> {
         loop {
-            if let Some((tag, body, filled)) = &mut self.body {
+            if let Some((tag, id, body, filled)) = &mut self.body {
                 if *filled == body.len() {
-                    let tag = *tag;
+                    let (tag, id) = (*tag, *id);
                     let body = std::mem::take(body);
                     self.body = None;
-                    return Ok(ReadOutcome::Frame(Frame { tag, body }));
+                    return Ok(ReadOutcome::Frame(Frame { tag, id, body }));
                 }
                 match read_some(source, &mut body[*filled..])? {
                     Some(0) => return Ok(ReadOutcome::Eof { mid_frame: true }),
@@ -181,13 +186,13 @@ impl FrameReader {
     fn start_body(&mut self) -> Result<(), FrameError> {
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(&self.stash[..HEADER_LEN]);
-        let (tag, len) = decode_header(&header, self.limit)?;
+        let (tag, len, id) = decode_header(&header, self.limit)?;
         let size = usize::try_from(len).map_err(|_| FrameError::TooLarge(len))?;
         let mut body = self.buffers.zeroed(size).ok_or(FrameError::TooLarge(len))?;
         let available = (self.stash.len() - HEADER_LEN).min(body.len());
         body[..available].copy_from_slice(&self.stash[HEADER_LEN..HEADER_LEN + available]);
         self.stash.drain(..HEADER_LEN + available);
-        self.body = Some((tag, body, available));
+        self.body = Some((tag, id, body, available));
         Ok(())
     }
 }
@@ -212,8 +217,8 @@ pub struct PendingWrite {
 }
 
 impl PendingWrite {
-    pub fn new(tag: Tag, body: Vec<u8>) -> Self {
-        let header = encode_header(tag, body.len());
+    pub fn new(tag: Tag, id: u64, body: Vec<u8>) -> Self {
+        let header = encode_header(tag, id, body.len());
         PendingWrite {
             header,
             body,
@@ -285,7 +290,7 @@ mod tests {
 
     fn encode(tag: Tag, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut pending = PendingWrite::new(tag, body.to_vec());
+        let mut pending = PendingWrite::new(tag, 42, body.to_vec());
         assert!(pending.write_to(&mut out).expect("vec write"));
         out
     }
@@ -314,6 +319,7 @@ mod tests {
             outcome,
             ReadOutcome::Frame(Frame {
                 tag: Tag::Ok,
+                id: 42,
                 body: b"hello".to_vec()
             })
         );
@@ -329,6 +335,7 @@ mod tests {
             outcome,
             ReadOutcome::Frame(Frame {
                 tag: Tag::Retire,
+                id: 42,
                 body: vec![]
             })
         );
@@ -371,10 +378,10 @@ mod tests {
 
     #[test]
     fn lengths_are_64_bit() {
-        let header = encode_header(Tag::Task, (5u64 << 32) as usize);
+        let header = encode_header(Tag::Task, 7, (5u64 << 32) as usize);
         assert_eq!(
             decode_header(&header, MAX_BODY_LEN),
-            Ok((Tag::Task, 5u64 << 32))
+            Ok((Tag::Task, 5u64 << 32, 7))
         );
     }
 
@@ -425,7 +432,7 @@ mod tests {
             out: Vec::new(),
             room: 3,
         };
-        let mut pending = PendingWrite::new(Tag::Task, b"0123456789".to_vec());
+        let mut pending = PendingWrite::new(Tag::Task, 42, b"0123456789".to_vec());
         let mut rounds = 0;
         while !pending.write_to(&mut sink).expect("write") {
             rounds += 1;

@@ -13,6 +13,7 @@ use crate::buffers::BufferPool;
 use crate::deadline;
 use crate::events::{Command, Event, Outcome};
 use crate::exit_status::describe_death;
+use crate::killer::Killer;
 use crate::process_tree;
 use crate::protocol::{Frame, FrameReader, PendingWrite, ReadOutcome, Tag, MAX_BODY_LEN};
 use crate::stats::{Census, Stats};
@@ -33,7 +34,9 @@ use std::time::{Duration, Instant};
 const RETIRE_GRACE: Duration = Duration::from_secs(10);
 /// How soon to look again for a per-worker zygote that has not exited yet.
 const REAP_RETRY: Duration = Duration::from_millis(20);
-const SPAWN_BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const SPAWN_BACKOFF_FIRST: Duration = Duration::from_millis(5);
+/// Consecutive start-up failures after which waiting tasks start to fail.
+const STARTUP_FAILURES_BEFORE_GIVING_UP: u32 = 8;
 const SPAWN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,10 +108,11 @@ struct Worker {
     kill_when_pid_known: bool,
     /// Where written task payloads go back for reuse.
     buffers: Arc<BufferPool>,
+    killer: Arc<Killer>,
 }
 
 impl Worker {
-    fn new(buffers: &Arc<BufferPool>) -> Worker {
+    fn new(buffers: &Arc<BufferPool>, killer: &Arc<Killer>) -> Worker {
         Worker {
             pid: None,
             channels: None,
@@ -126,6 +130,7 @@ impl Worker {
             retire_when_ready: false,
             kill_when_pid_known: false,
             buffers: Arc::clone(buffers),
+            killer: Arc::clone(killer),
         }
     }
 
@@ -138,7 +143,7 @@ impl Worker {
 
     fn kill(&mut self) {
         match self.pid {
-            Some(pid) => process_tree::kill_tree(pid),
+            Some(pid) => self.killer.kill_tree(pid),
             None => self.kill_when_pid_known = true,
         }
     }
@@ -167,6 +172,7 @@ pub struct Supervisor {
     check_shared_zygote_until: Option<Instant>,
     /// The last `ppoll` found the wake-up fd readable.
     woken: bool,
+    killer: Arc<Killer>,
     /// Events of this turn, sent as one message (one wake-up of the
     /// completion thread instead of one per event).
     outbox: RefCell<Vec<Event>>,
@@ -178,7 +184,9 @@ impl Supervisor {
         settings: Settings,
         commands: Receiver<Command>,
         events: Sender<Vec<Event>>,
+        killer: Killer,
     ) -> Self {
+        let killer = Arc::new(killer);
         Supervisor {
             shared,
             settings,
@@ -192,6 +200,7 @@ impl Supervisor {
             zygotes_to_reap: Vec::new(),
             check_shared_zygote_until: None,
             woken: false,
+            killer,
             outbox: RefCell::new(Vec::new()),
         }
     }
@@ -331,7 +340,7 @@ impl Supervisor {
             Ok(config) => {
                 worker
                     .outbox
-                    .push_front(PendingWrite::new(Tag::Config, config));
+                    .push_front(PendingWrite::new(Tag::Config, 0, config));
                 flush(worker);
             }
             Err(_) => {
@@ -346,7 +355,7 @@ impl Supervisor {
     fn spawn_worker(&mut self) {
         let id = self.next_worker_id;
         self.next_worker_id += 1;
-        let mut worker = Worker::new(&self.shared.buffers);
+        let mut worker = Worker::new(&self.shared.buffers, &self.killer);
         let started = match self.settings.start_method {
             StartMethod::Forkserver => {
                 let mut notes = Vec::new();
@@ -385,7 +394,7 @@ impl Supervisor {
             Some(config) => {
                 worker
                     .outbox
-                    .push_front(PendingWrite::new(Tag::Config, config.clone()));
+                    .push_front(PendingWrite::new(Tag::Config, 0, config.clone()));
                 flush(worker);
             }
             None => self.emit(Event::NeedConfig { worker_id }),
@@ -421,21 +430,28 @@ impl Supervisor {
     }
 
     /// A worker could not be started or died before it was ready. Back off so a
-    /// broken environment cannot spin, and when no worker is left to serve the
-    /// backlog, fail the next task so nothing waits forever.
+    /// broken environment cannot spin. Only when workers keep failing to start
+    /// (no worker became ready in between) and none is left to serve does the
+    /// next task fail, so that nothing waits forever on a pool that cannot
+    /// start workers, while a worker killed mid-start (by the OOM killer, say)
+    /// costs no task at all.
     fn startup_failed(&mut self, message: &str) {
         self.log(log::Level::Error, message.to_string());
         self.startup_failures += 1;
-        let factor = 1u32 << self.startup_failures.min(8).saturating_sub(1);
+        let factor = 1u32 << self.startup_failures.min(10).saturating_sub(1);
         let backoff = (SPAWN_BACKOFF_FIRST * factor).min(SPAWN_BACKOFF_MAX);
         self.spawn_blocked_until = Some(Instant::now() + backoff);
         let anyone_serving = self
             .workers
             .values()
             .any(|w| matches!(w.state, State::Idle | State::Busy { .. }));
-        if !anyone_serving {
+        if !anyone_serving && self.startup_failures >= STARTUP_FAILURES_BEFORE_GIVING_UP {
             if let Some(task) = self.shared.backlog.pop() {
-                self.finish_task(task.id, Outcome::Lost(message.to_string()));
+                let message = format!(
+                    "no worker could be started ({} attempts in a row failed); the last: {message}",
+                    self.startup_failures
+                );
+                self.finish_task(task.id, Outcome::Lost(message));
             }
         }
     }
@@ -532,7 +548,7 @@ impl Supervisor {
             };
             worker
                 .outbox
-                .push_back(PendingWrite::new(Tag::Task, task.payload));
+                .push_back(PendingWrite::new(Tag::Task, task.id, task.payload));
             let pid = worker.pid.unwrap_or(0);
             Stats::add(&self.shared.stats.tasks_launched);
             self.emit(Event::Started {
@@ -726,7 +742,7 @@ impl Supervisor {
                     worker.state = State::Idle;
                 }
             }
-            (Tag::Ok | Tag::Err, &State::Busy { task_id, .. }) => {
+            (Tag::Ok | Tag::Err, &State::Busy { task_id, .. }) if frame.id == task_id => {
                 let outcome = match frame.tag {
                     Tag::Ok => Outcome::Returned(frame.body),
                     _ => Outcome::Raised(frame.body),
@@ -826,7 +842,7 @@ impl Supervisor {
                 STATUS_KIND_PID => {
                     worker.pid = Some(value);
                     if worker.kill_when_pid_known && !worker.exited {
-                        process_tree::kill_tree(value);
+                        worker.killer.kill_tree(value);
                     }
                 }
                 STATUS_KIND_EXIT => {
@@ -905,7 +921,7 @@ impl Supervisor {
 fn retire(worker: &mut Worker) {
     worker
         .outbox
-        .push_back(PendingWrite::new(Tag::Retire, Vec::new()));
+        .push_back(PendingWrite::new(Tag::Retire, 0, Vec::new()));
     worker.state = State::Retiring {
         deadline: Instant::now() + RETIRE_GRACE,
     };

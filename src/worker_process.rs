@@ -32,10 +32,11 @@ pub fn become_worker(zygote_pid: i32, die_with_zygote: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// For a zygote forked straight from the parent ("fork" start method): die
-/// with the parent thread that forked it, which lives as long as its pool.
+/// For a zygote forked straight from the parent ("fork" start method): get
+/// SIGTERM when the parent thread that forked it ends (it lives as long as its
+/// pool, and dies with the parent), and handle it by killing everything below.
 pub fn become_forked_zygote(parent_pid: i32) -> io::Result<()> {
-    prctl::set_pdeathsig(Signal::SIGKILL)?;
+    prctl::set_pdeathsig(Signal::SIGTERM)?;
     if getppid().as_raw() != parent_pid {
         return Err(io::Error::other(
             "the parent died while the zygote was starting",
@@ -65,21 +66,21 @@ pub fn read_exact(fd: RawFd, mut buf: &mut [u8]) -> io::Result<bool> {
 }
 
 /// Blocks for the next frame header; `None` at a clean end of stream.
-pub fn read_header(fd: RawFd) -> io::Result<Option<(Tag, usize)>> {
+pub fn read_header(fd: RawFd) -> io::Result<Option<(Tag, u64, usize)>> {
     let mut header = [0u8; HEADER_LEN];
     if !read_exact(fd, &mut header)? {
         return Ok(None);
     }
-    let (tag, len) = decode_header(&header, MAX_BODY_LEN)
+    let (tag, len, id) = decode_header(&header, MAX_BODY_LEN)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     let len = usize::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
-    Ok(Some((tag, len)))
+    Ok(Some((tag, id, len)))
 }
 
 /// Writes one whole frame, blocking.
-pub fn write_frame(fd: RawFd, tag: Tag, body: &[u8]) -> io::Result<()> {
-    let header = encode_header(tag, body.len());
+pub fn write_frame(fd: RawFd, tag: Tag, id: u64, body: &[u8]) -> io::Result<()> {
+    let header = encode_header(tag, id, body.len());
     let mut written = 0usize;
     let total = HEADER_LEN + body.len();
     while written < total {
@@ -110,10 +111,10 @@ mod tests {
     #[test]
     fn frames_cross_a_real_pipe() {
         let (r, w) = nix::unistd::pipe().expect("pipe");
-        write_frame(w.as_raw_fd(), Tag::Ok, b"payload").expect("write");
+        write_frame(w.as_raw_fd(), Tag::Ok, 9, b"payload").expect("write");
         drop(w);
-        let (tag, len) = read_header(r.as_raw_fd()).expect("read").expect("a frame");
-        assert_eq!((tag, len), (Tag::Ok, 7));
+        let (tag, id, len) = read_header(r.as_raw_fd()).expect("read").expect("a frame");
+        assert_eq!((tag, id, len), (Tag::Ok, 9, 7));
         let mut body = vec![0u8; len];
         assert!(read_exact(r.as_raw_fd(), &mut body).expect("body"));
         assert_eq!(body, b"payload");

@@ -68,6 +68,13 @@ def tagged(i, seconds=0.0):
     return i, os.getpid()
 
 
+def big_roundtrip(i, blob):
+    """Check that `blob` is task i's argument pattern; return (i, our pid, that
+    check, a blob of the same size in task i's result pattern)."""
+    intact = blob == bytes([i % 251]) * len(blob)
+    return i, os.getpid(), intact, bytes([(i + 7) % 251]) * len(blob)
+
+
 def record_once(path, i):
     """Append our id to a shared file (O_APPEND: one line per execution) and return it."""
     append_line(path, str(i))
@@ -149,15 +156,33 @@ def _check_is_write_pipe(fd: int) -> None:
 
 
 GARBAGE = {
-    # An unknown frame tag, then noise.
+    # Raw bytes: an unknown frame tag, then noise.
     "unknown_tag": b"\xff" * 64,
-    # A known tag (Ok) whose length is implausibly large (2**50 bytes).
+    # Raw bytes: a known tag (Ok) and an implausibly large length (2**50).
     "huge_length": bytes([11]) + (1 << 50).to_bytes(8, "little"),
-    # A well-formed Ok frame whose body is not a pickle.
-    "bad_pickle": bytes([11]) + (5).to_bytes(8, "little") + b"nope!",
-    # A frame of the Ready tag, which only a starting worker may send.
+    # Raw bytes: the Ready tag, which only a starting worker may send.
     "wrong_tag": bytes([10]) + (4).to_bytes(8, "little") + b"\0\0\0\0",
+    # Not raw: a well-formed Ok frame made with the pool's own frame writer,
+    # whose body is not a pickle and whose task id (if frames carry one) is
+    # not this task's. See _forge_frame.
+    "forged_frame": None,
 }
+
+
+def _forge_frame(fd: int) -> None:
+    from deadpool import _core
+
+    frame = sys._getframe()
+    own_id = 0
+    while frame is not None:
+        if frame.f_code.co_name == "worker_main":
+            own_id = frame.f_locals.get("task_id", 0)
+            break
+        frame = frame.f_back
+    try:
+        _core.write_frame(fd, 11, own_id + 12345, b"nope!")
+    except TypeError:  # a protocol whose frames carry no task id
+        _core.write_frame(fd, 11, b"nope!")
 
 
 def garbage_into_result_pipe(kind, then="return"):
@@ -175,9 +200,12 @@ def garbage_into_result_pipe(kind, then="return"):
         # A header promising 1000 bytes, 10 of them, then death.
         os.write(fd, bytes([11]) + (1000).to_bytes(8, "little") + b"0123456789")
         os._exit(0)
-    os.write(fd, GARBAGE[kind])
+    if kind == "forged_frame":
+        _forge_frame(fd)
+    else:
+        os.write(fd, GARBAGE[kind])
     if then == "wait_next":
-        select.select([_worker_fd("task_fd")], [], [], 10.0)
+        select.select([_worker_fd("task_fd")], [], [], 3.0)
     return "survived"
 
 
@@ -325,6 +353,34 @@ def spawn_tree(directory, block=True, release=None):
     return pids
 
 
+HOPPER_LIMIT = 15.0
+
+
+def _hop(fifo: str, stop: str) -> None:
+    """Keep re-forking into a new session, the parent exiting each time, so
+    that a one-pass scan-then-kill misses the newest generation. Every
+    generation holds `fifo` open: the reader sees EOF only once all are dead.
+    Stops by itself when `stop` exists or after HOPPER_LIMIT seconds."""
+    os.closerange(3, 65536)
+    fd = os.open(fifo, os.O_RDWR)
+    os.write(fd, b"h")
+    deadline = time.monotonic() + HOPPER_LIMIT
+    while time.monotonic() < deadline and not os.path.exists(stop):
+        if os.fork():
+            os._exit(0)
+        os.setsid()
+    os._exit(0)
+
+
+def start_hopper(fifo, stop, release=None):
+    """Start a pid-hopping descendant; then wait (bounded) for `release` if
+    given, else return at once."""
+    _fork(_hop, fifo, stop)
+    if release is not None:
+        wait_for_file(release)
+    return "hopping"
+
+
 # ---------------------------------------------------------------- payloads
 
 
@@ -338,23 +394,16 @@ def checksum(data):
 def make_payload(nbytes, seed=7):
     """`nbytes` of a pattern with a prime period (251) after a 1 MiB
     seed-dependent random head, so that shifted, truncated or reordered
-    copies do not checksum alike. Built in place: one copy at a time."""
+    copies do not checksum alike. One allocation of `nbytes` (page faults
+    dominate the cost of big buffers on small machines)."""
     import random
 
-    head = random.Random(seed).randbytes(MiB)
+    head = random.Random(seed).randbytes(min(MiB, nbytes))
     period = bytes((i * 131 + seed) % 256 for i in range(251))
-    buf = bytearray(nbytes)
-    buf[:MiB] = head
-    filled = min(len(period), nbytes - MiB)
-    buf[MiB : MiB + filled] = period[:filled]
-    # Doubling copies keep the period: every copied length is a multiple of 251.
-    while MiB + filled < nbytes:
-        step = min(filled, nbytes - MiB - filled)
-        buf[MiB + filled : MiB + filled + step] = buf[MiB : MiB + step]
-        filled += step
-    data = bytes(buf)
-    del buf
-    return data
+    chunk = period * (MiB // len(period))  # whole periods only: joins keep the period
+    reps, rest = divmod(nbytes - len(head), len(chunk))
+    tail = (period * (rest // len(period) + 1))[:rest]
+    return b"".join([head, *([chunk] * reps), tail])
 
 
 def payload_checksum(nbytes, seed=7):

@@ -121,6 +121,10 @@ def chunk_item(i, directory, blocking_index):
     return i, os.getpid(), time.monotonic_ns()
 
 
+def pid_and_pgid():
+    return os.getpid(), os.getpgid(0)
+
+
 def pid_and_seq(i):
     return i, os.getpid(), time.monotonic_ns()
 
@@ -260,6 +264,13 @@ def init_raise_with_log_file(log_path, message):
     handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
     logging.getLogger("deadpool").addHandler(handler)
     raise RuntimeError(message)
+
+
+def init_log_to_file(log_path):
+    """Initializer: route the worker's 'deadpool' logger to a file."""
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    logging.getLogger("deadpool").addHandler(handler)
 
 
 def init_register_atexit(log_path):

@@ -173,7 +173,23 @@ def test_no_finalizer_and_no_atexit_when_a_worker_is_killed(tmp_path, kill):
     gate.open()
 
 
-def test_raising_finalizer_does_not_stop_the_pool(tmp_path):
-    with pool(max_workers=1, max_tasks_per_child=1, finalizer=tasks.final_raise) as exe:
+def test_raising_finalizer_is_logged_and_does_not_stop_the_pool(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="deadpool")
+    worker_log = tmp_path / "worker-log.txt"
+    with pool(
+        max_workers=1,
+        max_tasks_per_child=1,
+        initializer=tasks.init_log_to_file,
+        initargs=(str(worker_log),),
+        finalizer=tasks.final_raise,
+    ) as exe:
         pids = [exe.submit(tasks.get_pid).result(timeout=30) for _ in range(4)]
-    assert len(set(pids)) == 4
+        assert len(set(pids)) == 4
+        wait_until(
+            lambda: (
+                "finalizer failed on purpose"
+                in (worker_log.read_text() if worker_log.exists() else "")
+                or "finalizer failed on purpose" in caplog.text
+            ),
+            message="the finalizer's exception was not logged on the 'deadpool' logger",
+        )

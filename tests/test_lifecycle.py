@@ -17,7 +17,6 @@ import pytest
 from tests import tasks
 from tests.helpers import (
     Gate,
-    descendants,
     describe,
     is_alive,
     pool,
@@ -206,6 +205,17 @@ def test_zygote_loss_under_a_live_pool_is_survived():
         # task after that needs a new worker, hence a new zygote.
         assert [exe.submit(tasks.square, i).result(timeout=60) for i in range(4)] == [0, 1, 4, 9]
         assert set(zygote_pids()).isdisjoint(zygotes)
+
+
+def test_task_submitted_right_after_zygote_loss_succeeds():
+    # No waiting for the dying idle worker: a task that was never running when the
+    # zygote (and with it the idle worker) died must not be lost.
+    with pool(max_workers=1) as exe:
+        for i in range(8):
+            assert exe.submit(tasks.square, i).result(timeout=60) == i * i
+            for pid in zygote_pids():
+                os.kill(pid, signal.SIGKILL)
+            assert exe.submit(tasks.square, i + 1).result(timeout=60) == (i + 1) ** 2
 
 
 PARENT_SCRIPT = textwrap.dedent(

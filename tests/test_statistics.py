@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import deadpool
 import pytest
 
@@ -43,10 +46,15 @@ def test_fresh_pool_statistics():
 
 
 def test_original_readme_statistics_example():
-    # The original README's example, figure for figure. The ok tasks sleep a little
-    # longer than the original's 0.05 s so that all ten workers are surely busy at
-    # once on a small, loaded machine; the expected figures are the original's.
-    with deadpool.Deadpool(min_workers=5, max_workers=10) as exe:
+    # The original README's example, figure for figure, with two robustness changes
+    # that leave the expected figures untouched:
+    # - the ok tasks sleep 0.2 s instead of 0.05 s, so all ten workers are surely
+    #   busy at once on a small, loaded machine;
+    # - max_backlog=100 instead of the default 5: a worker above min_workers retires
+    #   the moment it finds the backlog empty, so a submitting thread that is starved
+    #   of CPU for an instant (backlog drained mid-run) makes the pool retire and
+    #   re-create workers, and worker_processes_created ends above 10.
+    with deadpool.Deadpool(min_workers=5, max_workers=10, max_backlog=100) as exe:
         futs = []
         for _ in range(50):
             futs.append(exe.submit(tasks.t, 0.2))
@@ -136,3 +144,23 @@ def test_rejected_submissions_are_not_received():
                 exe.submit(tasks.square, 1, **bad)
         exe.submit(tasks.square, 2).result(timeout=30)
         assert exe.get_statistics()["tasks_received"] == 1
+
+
+def test_alive_idle_busy_count_only_live_processes(tmp_path):
+    # The original kept reporting dead workers as alive until garbage collection.
+    gates = [Gate(tmp_path, f"g{i}") for i in range(2)]
+    with pool(max_workers=2, min_workers=0, max_backlog=10) as exe:
+        futs = [g.submit(exe, i) for i, g in enumerate(gates)]
+        pids = [g.wait_started(f) for g, f in zip(gates, futs, strict=True)]
+        stats_settle(exe, worker_processes_busy=2, worker_processes_still_alive=2)
+        os.kill(pids[0], signal.SIGKILL)
+        assert isinstance(futs[0].exception(timeout=30), deadpool.ProcessError)
+        # Nothing waits in the backlog and min_workers=0: no replacement is due, so
+        # the dead worker must simply vanish from the figures.
+        stats = stats_settle(exe, worker_processes_still_alive=1)
+        assert stats["worker_processes_busy"] == 1
+        assert stats["worker_processes_idle"] == 0
+        gates[1].open()
+        assert futs[1].result(timeout=30) == 1
+        stats = stats_settle(exe, worker_processes_still_alive=0)
+        assert stats["worker_processes_busy"] == 0

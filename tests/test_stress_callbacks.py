@@ -39,13 +39,43 @@ def test_raising_done_and_pid_callbacks_change_nothing(caplog):
             fut.add_pid_callback(lambda f: 1 / 0)
             fut.add_pid_callback(lambda f: seen_pid.append(f.pid))
             fut.add_done_callback(lambda f: 1 / 0)
-            fut.add_done_callback(lambda f: seen_done.append(f.result()[0]))
+            fut.add_done_callback(lambda f: seen_done.append(f.result(timeout=0)[0]))
             futures.append(fut)
         _all_resolve(futures)
         assert [f.result(timeout=0)[0] for f in futures] == list(range(n))
         # The callbacks after the raising ones still ran, once each.
         wait_until(lambda: len(seen_done) == n and len(seen_pid) == n, timeout=30)
         assert sorted(seen_done) == list(range(n))
+        assert exe.submit(stress_tasks.ident, "after").result(timeout=60) == "after"
+
+
+class _Boom(BaseException):
+    """Not an Exception: ``except Exception`` around a callback does not stop it."""
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit, _Boom])
+@pytest.mark.parametrize("kind", ["done", "pid"])
+def test_callbacks_raising_base_exceptions_lose_no_future(kind, exc_type):
+    """Every 10th future's callback raises a BaseException (as a Ctrl-C or
+    sys.exit() inside a callback would). All 200 futures still resolve."""
+    n = 200
+
+    def explode(_fut):
+        raise exc_type("from a callback")
+
+    with pool(max_workers=2, max_backlog=n) as exe:
+        futures = []
+        for i in range(n):
+            fut = exe.submit(stress_tasks.tagged, i)
+            if i % 10 == 0:
+                if kind == "done":
+                    fut.add_done_callback(explode)
+                else:
+                    fut.add_pid_callback(explode)
+            futures.append(fut)
+        # 200 tasks of microseconds: 30 s is ample, and a lost future never comes.
+        _all_resolve(futures, timeout=30)
+        assert [f.result(timeout=0)[0] for f in futures] == list(range(n))
         assert exe.submit(stress_tasks.ident, "after").result(timeout=60) == "after"
 
 

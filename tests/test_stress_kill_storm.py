@@ -17,7 +17,7 @@ import deadpool
 import pytest
 
 from tests import stress_tasks
-from tests.helpers import is_alive, pool, wait_until
+from tests.helpers import describe, is_alive, pool, wait_until
 
 pytestmark = pytest.mark.stress
 
@@ -27,6 +27,7 @@ STORM_TASKS = 5000
 STORM_WORKERS = 4
 KILL_INTERVAL = 0.010
 RESOLVE_DEADLINE = 240.0
+MiB = 1024 * 1024
 
 
 def _children(pid: int) -> list[int]:
@@ -79,7 +80,8 @@ def _shared_zygote() -> int:
 
 
 def _check_outcomes(futures, killed_pids):
-    """(ok, failed): results must be right, failures only on killed pids."""
+    """(ok, failed, innocent): results must be right; `innocent` lists the
+    failures of tasks that did not run on a killed process."""
     ok = failed = 0
     innocent = []
     for i, fut in enumerate(futures):
@@ -95,11 +97,14 @@ def _check_outcomes(futures, killed_pids):
             innocent.append((i, fut.pid, repr(exc)))
             continue
         assert re.search(rf"\b{fut.pid}\b", str(exc)), str(exc)
+    return ok, failed, innocent
+
+
+def _assert_no_innocent(innocent):
     assert not innocent, (
         f"{len(innocent)} task(s) failed that did not run on a killed process "
-        f"(first 5: {innocent[:5]})"
+        f"(task, its pid, error; first 5: {innocent[:5]})"
     )
-    return ok, failed
 
 
 def test_kill_storm_costs_only_the_tasks_on_killed_workers():
@@ -117,11 +122,13 @@ def test_kill_storm_costs_only_the_tasks_on_killed_workers():
             killer.join(30)
         assert not not_done, f"{len(not_done)} of {STORM_TASKS} futures never resolved"
         killed = set(killer.killed)
-        ok, failed = _check_outcomes(futures, killed)
+        ok, failed, innocent = _check_outcomes(futures, killed)
         print(
             f"\nkill storm: {len(killer.killed)} kills ({len(killed)} distinct pids), "
-            f"{len(done)}/{STORM_TASKS} futures resolved, {ok} ok, {failed} ProcessError"
+            f"{len(done)}/{STORM_TASKS} futures resolved, {ok} ok, {failed} ProcessError, "
+            f"{len(innocent)} of them innocent"
         )
+        _assert_no_innocent(innocent)
         assert len(killer.killed) >= 50, "the storm hardly killed anything; the test proves little"
         assert ok + failed == STORM_TASKS
         # Afterwards: 100 fresh tasks all succeed.
@@ -132,51 +139,149 @@ def test_kill_storm_costs_only_the_tasks_on_killed_workers():
         assert stats["tasks_failed"] == failed, stats
 
 
+# Scaled: 300 tasks (the frames take the time here, not the count), each
+# with a 1.5 MiB argument and result, so that kills land while frames are half
+# written or half read (the pipes hold 1 MiB).
+BIG_TASKS = 300
+BIG = 3 * MiB // 2
+
+
+def test_kill_storm_while_large_frames_are_in_flight():
+    with pool(max_workers=2, max_backlog=4) as exe:
+        assert exe.submit(stress_tasks.ident, 0).result(timeout=60) == 0
+        killer = Killer(_shared_zygote(), KILL_INTERVAL)
+        killer.start()
+        try:
+            futures = [
+                exe.submit(stress_tasks.big_roundtrip, i, bytes([i % 251]) * BIG)
+                for i in range(BIG_TASKS)
+            ]
+            done, not_done = concurrent.futures.wait(futures, timeout=RESOLVE_DEADLINE)
+        finally:
+            killer.stop.set()
+            killer.join(30)
+        assert not not_done, f"{len(not_done)} of {BIG_TASKS} futures never resolved"
+        killed = set(killer.killed)
+        ok = failed = 0
+        innocent = []
+        for i, fut in enumerate(futures):
+            exc = fut.exception(timeout=0)
+            if exc is None:
+                value, pid, intact, blob = fut.result(timeout=0)
+                assert (value, pid, intact) == (i, fut.pid, True), (i, value, pid, intact)
+                assert blob == bytes([(i + 7) % 251]) * BIG, f"task {i}: result corrupted"
+                ok += 1
+            else:
+                failed += 1
+                if not isinstance(exc, deadpool.ProcessError) or fut.pid not in killed:
+                    innocent.append((i, fut.pid, repr(exc)))
+        print(
+            f"\nkill storm, large frames: {len(killer.killed)} kills, "
+            f"{len(done)}/{BIG_TASKS} resolved, {ok} ok, {failed} ProcessError, "
+            f"{len(innocent)} of them innocent"
+        )
+        _assert_no_innocent(innocent)
+        fresh = [exe.submit(stress_tasks.tagged, i) for i in range(20)]
+        assert [f.result(timeout=60)[0] for f in fresh] == list(range(20))
+
+
 # Scaled: 5 zygote kills over 400 tasks of 5 ms on 2 workers (each kill costs a
 # new interpreter start, ~0.1-0.3 s here).
 ZYGOTE_KILLS = 5
 ZYGOTE_TASKS = 400
 
 
+def _kill_zygote_and_a_worker(rng) -> tuple[int, list[int], int | None]:
+    """SIGKILL the shared zygote and then one of its workers, so that the pool
+    must ask for a replacement, hence start a new zygote. Returns (zygote, its
+    workers at that moment, the worker killed)."""
+    zygote = _shared_zygote()
+    workers = _children(zygote)
+    os.kill(zygote, signal.SIGKILL)
+    victim = rng.choice(workers) if workers else None
+    if victim is not None:
+        os.kill(victim, signal.SIGKILL)
+    return zygote, workers, victim
+
+
+def _wait_for_new_zygote(old: set[int]) -> int:
+    def fresh():
+        pid = deadpool._core.shared_zygote_pid()
+        return pid if pid is not None and pid not in old and is_alive(pid) else None
+
+    return wait_until(fresh, timeout=60, message=f"no new zygote after killing {sorted(old)}")
+
+
 def test_zygote_killed_repeatedly_loses_no_future():
+    """A zygote's workers may die with it or outlive it (either is allowed);
+    only tasks on those workers may fail, every future resolves, and once the
+    pool is shut down none of those processes remains (orphaned workers are
+    re-parented away from us, so the suite's leftover check cannot see them)."""
+    rng = random.Random(5)
+    every = ZYGOTE_TASKS // ZYGOTE_KILLS
     with pool(max_workers=2, max_backlog=10) as exe:
         assert exe.submit(stress_tasks.ident, 0).result(timeout=60) == 0
-        zygotes_killed = []
-        doomed_workers: set[int] = set()
+        zygotes_killed: list[int] = []
+        doomed: set[int] = set()
         futures = []
         for i in range(ZYGOTE_TASKS):
             futures.append(exe.submit(stress_tasks.tagged, i, 0.005))
-            if i % (ZYGOTE_TASKS // ZYGOTE_KILLS) == ZYGOTE_TASKS // ZYGOTE_KILLS // 2:
-                zygote = _shared_zygote()
-                # Whatever runs below it now may be lost with it; record first.
-                doomed_workers.update(_children(zygote))
+            if i % every == every // 2:
+                if zygotes_killed:
+                    _wait_for_new_zygote(set(zygotes_killed))
+                zygote, workers, _victim = _kill_zygote_and_a_worker(rng)
                 zygotes_killed.append(zygote)
-                os.kill(zygote, signal.SIGKILL)
+                doomed.update(workers)
         done, not_done = concurrent.futures.wait(futures, timeout=RESOLVE_DEADLINE)
         assert not not_done, f"{len(not_done)} of {ZYGOTE_TASKS} futures never resolved"
-        ok, failed = _check_outcomes(futures, doomed_workers)
+        ok, failed, innocent = _check_outcomes(futures, doomed)
         print(
-            f"\nzygote kills: {len(zygotes_killed)} zygotes killed, "
+            f"\nzygote kills: {len(zygotes_killed)} zygotes (and one worker each) killed, "
             f"{len(done)}/{ZYGOTE_TASKS} futures resolved, {ok} ok, {failed} ProcessError"
         )
-        # The pool goes on with a new zygote.
+        _assert_no_innocent(innocent)
+        # The pool goes on, on a new zygote.
         fresh = [exe.submit(stress_tasks.tagged, i) for i in range(50)]
         assert [f.result(timeout=60)[0] for f in fresh] == list(range(50))
-        assert _shared_zygote() not in zygotes_killed
-        # Neither the killed zygotes nor their workers survive (workers are
-        # re-parented away from us, so the suite's leftover check cannot see them).
-        for pid in [*zygotes_killed, *doomed_workers]:
-            wait_until(lambda pid=pid: not is_alive(pid), timeout=10, message=f"{pid} survived")
+        assert _wait_for_new_zygote(set(zygotes_killed))
+    for pid in [*zygotes_killed, *doomed]:
+        wait_until(
+            lambda pid=pid: not is_alive(pid),
+            timeout=10,
+            message=lambda pid=pid: f"survived its zygote and the pool: {describe([pid])}",
+        )
 
 
-def test_zygote_killed_while_idle_then_submit_works():
+def test_zygote_killed_while_idle_then_the_pool_goes_on():
     with pool(max_workers=2) as exe:
         assert exe.submit(stress_tasks.ident, 1).result(timeout=60) == 1
         zygote = _shared_zygote()
         workers = _children(zygote)
+        assert len(workers) == 2
         os.kill(zygote, signal.SIGKILL)
-        for pid in [zygote, *workers]:
-            wait_until(lambda pid=pid: not is_alive(pid), timeout=10, message=f"{pid} survived")
+        wait_until(lambda: not is_alive(zygote), timeout=10)
+        # Whether the old workers live on or were replaced, tasks run.
         futures = [exe.submit(stress_tasks.tagged, i) for i in range(20)]
         assert [f.result(timeout=60)[0] for f in futures] == list(range(20))
-        assert _shared_zygote() != zygote
+        # Now the pool must start workers: it needs (and gets) a new zygote.
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        futures = [exe.submit(stress_tasks.tagged, i) for i in range(20)]
+        outcomes = [f.exception(timeout=60) or f.result(timeout=0)[0] for f in futures]
+        # Tasks handed to a just-killed worker may fail; nothing else.
+        for i, (fut, outcome) in enumerate(zip(futures, outcomes, strict=True)):
+            if outcome != i:
+                assert isinstance(outcome, deadpool.ProcessError) and fut.pid in workers, (
+                    i,
+                    fut.pid,
+                    outcome,
+                )
+        new = _wait_for_new_zygote({zygote})
+        assert set(_children(new)) - set(workers), "no worker from the new zygote"
+        futures = [exe.submit(stress_tasks.tagged, i) for i in range(20)]
+        assert [f.result(timeout=60)[0] for f in futures] == list(range(20))
+    for pid in [zygote, *workers]:
+        wait_until(lambda pid=pid: not is_alive(pid), timeout=10, message=f"{pid} survived")

@@ -89,7 +89,8 @@ if __name__ == "__main__":
     deadline = time.monotonic() + 60
     while not all(os.path.exists(os.path.join(t, "ready")) for t in trees):
         if time.monotonic() > deadline or any(f.done() for f in futures):
-            raise SystemExit(f"trees not ready: {[f.done() and f.exception() for f in futures]}")
+            errors = [f.done() and f.exception(timeout=0) for f in futures]
+            raise SystemExit(f"trees not ready: {errors}")
         time.sleep(0.005)
     pids = {
         "workers": [f.pid for f in futures],
@@ -158,7 +159,7 @@ if __name__ == "__main__":
 
     creator = threading.Thread(target=make)
     creator.start()
-    creator.join()
+    creator.join(120)
     exe = made["exe"]
     # The thread that created the pool (and started its workers) is gone.
     results = [exe.submit(stress_tasks.tagged, i, 0.002) for i in range(100)]
@@ -169,7 +170,7 @@ if __name__ == "__main__":
         target=lambda: other.update(v=exe.submit(stress_tasks.ident, "other").result(timeout=60))
     )
     helper.start()
-    helper.join()
+    helper.join(120)
     stats = exe.get_statistics()
     zygote_now = deadpool._core.shared_zygote_pid()
     exe.shutdown(wait=True)

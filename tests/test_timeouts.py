@@ -72,6 +72,13 @@ def test_timeout_clock_starts_when_the_task_starts_on_a_worker(tmp_path):
         assert waiting.result(timeout=30) == "ran"
 
 
+def test_workers_lead_their_own_process_group():
+    with pool(max_workers=2) as exe:
+        for pid, pgid in (exe.submit(tasks.pid_and_pgid).result(timeout=30) for _ in range(4)):
+            assert pgid == pid
+            assert pgid != os.getpgid(0)
+
+
 def test_timeout_kills_the_whole_process_tree(tmp_path):
     pids_path = tmp_path / "pids"
     release = tmp_path / "release"

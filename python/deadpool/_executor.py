@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import logging
 import math
 import multiprocessing
 import multiprocessing.context
@@ -25,6 +26,8 @@ from deadpool import _core, _worker
 from deadpool._exceptions import PoolClosed, ProcessError, RemoteTraceback, TimeoutError
 from deadpool._future import Future
 
+logger = logging.getLogger("deadpool")
+
 _START_METHODS = ("forkserver", "spawn", "fork")
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -32,6 +35,12 @@ _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 _STARTED, _RETURNED, _RAISED, _TIMED_OUT, _CANCELLED, _LOST = range(6)
 
 _MAX_PRIORITY = 2**64 - 1
+_MAX_INT = 2**63 - 1
+# The largest span the core's clock can represent (u64 seconds).
+_MAX_TIMEOUT = float(2**64 - 1)
+# Workers are precreated: a typo must not become a fork bomb. Linux's default
+# pid_max is 32768 (4194304 on large machines); no real pool comes close.
+_MAX_WORKERS = 32768
 
 
 class Deadpool(concurrent.futures.Executor):
@@ -63,7 +72,7 @@ class Deadpool(concurrent.futures.Executor):
             )
         if max_workers is None:
             max_workers = len(os.sched_getaffinity(0))
-        max_workers = _positive_int("max_workers", max_workers)
+        max_workers = _int_at_least("max_workers", max_workers, 1, _MAX_WORKERS)
         min_workers = (
             max_workers if min_workers is None else _int_at_least("min_workers", min_workers, 0)
         )
@@ -199,6 +208,15 @@ class Deadpool(concurrent.futures.Executor):
     ) -> Iterator[Any]:
         """Like ``Executor.map``; with ``chunksize > 1`` each task runs a chunk of calls."""
         chunksize = _positive_int("chunksize", chunksize)
+        if timeout is not None:
+            if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool):
+                raise TypeError(
+                    f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+                )
+            if math.isnan(timeout) or timeout < 0:
+                raise ValueError(f"timeout must be >= 0, got {timeout}")
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         chunks = _chunks(zip(*iterables, strict=False), chunksize)
@@ -209,23 +227,30 @@ class Deadpool(concurrent.futures.Executor):
         """Stop the pool. ``wait`` waits for running tasks; pending tasks are
         cancelled unless ``wait=True, cancel_futures=False``; ``wait=False,
         cancel_futures=True`` also kills the running tasks."""
+        for name, flag in (("wait", wait), ("cancel_futures", cancel_futures)):
+            if not isinstance(flag, int):  # bool, or 0/1 as older code passes
+                raise TypeError(f"{name} must be a bool, not {type(flag).__name__}")
+        wait, cancel_futures = bool(wait), bool(cancel_futures)
         if os.getpid() != self._owner_pid:
             return  # a forked child: the parent's workers are not ours to stop
         with self._shutdown_lock:
             self._closed = True
         cancel_pending = cancel_futures or not wait
         kill_running = cancel_futures and not wait
-        for task_id in self._core.shutdown(cancel_pending, kill_running):
-            future = self._dispatcher.futures.pop(task_id, None)
-            if future is not None:
-                future._force_cancelled()
+        self._stop(cancel_pending, kill_running)
         if wait:
             try:
                 self._core.wait()
             except KeyboardInterrupt:
                 # Ctrl-C while waiting means "stop now", not "wait harder".
-                self._core.shutdown(True, True)
+                self._stop(cancel_pending=True, kill_running=True)
                 raise
+
+    def _stop(self, cancel_pending: bool, kill_running: bool) -> None:
+        for task_id in self._core.shutdown(cancel_pending, kill_running):
+            future = self._dispatcher.futures.pop(task_id, None)
+            if future is not None:
+                future._force_cancelled()
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
@@ -271,22 +296,31 @@ class _Dispatcher:
     def __call__(self, events: list[tuple[int, int, int, Any]]) -> None:
         futures = self.futures
         for kind, task_id, pid, payload in events:
-            if kind == _STARTED:
-                future = futures.get(task_id)
-                if future is not None:
-                    future._started(pid)
-                continue
-            future = futures.pop(task_id, None)
-            if future is None:
-                continue  # cancelled, and already resolved by cancel()
+            # A user callback raising anything (even SystemExit) must cost
+            # nothing but itself: every other event of the batch is delivered.
             try:
+                if kind == _STARTED:
+                    future = futures.get(task_id)
+                    if future is not None:
+                        future._started(pid)
+                    continue
+                future = futures.pop(task_id, None)
+                if future is None:
+                    continue  # cancelled, and already resolved by cancel()
                 self._finish(future, kind, payload)
-            except BaseException as exc:
-                future._resolve(
-                    exception=ProcessError(f"deadpool could not deliver the outcome: {exc!r}")
-                )
+            except BaseException:
+                logger.exception("deadpool: a callback of task %d raised", task_id)
 
     def _finish(self, future: Future, kind: int, payload: Any) -> None:
+        try:
+            self._settle(future, kind, payload)
+        except BaseException as exc:
+            if not future.done():
+                error = ProcessError(f"deadpool could not deliver the outcome: {exc!r}")
+                future._resolve(exception=error)
+            raise
+
+    def _settle(self, future: Future, kind: int, payload: Any) -> None:
         if kind == _RETURNED:
             try:
                 result = pickle.loads(payload)
@@ -329,12 +363,14 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _int_at_least(name: str, value: Any, minimum: int) -> int:
+def _int_at_least(name: str, value: Any, minimum: int, maximum: int = _MAX_INT) -> int:
     if not _is_int(value):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     value = operator.index(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -360,16 +396,17 @@ def _check_timeout(timeout: Any) -> float | None:
             f"deadpool_timeout must be a number of seconds or None, not {type(timeout).__name__}"
         )
     timeout = float(timeout)
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"deadpool_timeout must be >= 0, got {timeout}")
-    return None if math.isinf(timeout) else timeout
+    if math.isinf(timeout) and timeout > 0:
+        return None
+    if math.isnan(timeout) or not 0 <= timeout <= _MAX_TIMEOUT:
+        raise ValueError(
+            f"deadpool_timeout must be between 0 and {_MAX_TIMEOUT:.3g} s, got {timeout}"
+        )
+    return timeout
 
 
 def _check_priority(priority: Any) -> int:
-    priority = _int_at_least("deadpool_priority", priority, 0)
-    if priority > _MAX_PRIORITY:
-        raise ValueError(f"deadpool_priority must be < 2**64, got {priority}")
-    return priority
+    return _int_at_least("deadpool_priority", priority, 0, _MAX_PRIORITY)
 
 
 def _start_method(mp_context: Any) -> str:

@@ -40,6 +40,8 @@ class Future(concurrent.futures.Future):
 
     def add_pid_callback(self, fn: Callable[[Future], Any]) -> None:
         """Call ``fn(future)`` once the task starts on a worker (at once if it has)."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         with self._condition:
             if self._pid is None:
                 self._pid_callbacks.append(fn)
@@ -104,5 +106,6 @@ class Future(concurrent.futures.Future):
     def _run_pid_callback(self, fn: Callable[[Future], Any]) -> None:
         try:
             fn(self)
-        except Exception:
+        except BaseException:
+            # Even SystemExit: a callback must not take the pool's thread down.
             logger.exception("pid callback %r of %r raised", fn, self)

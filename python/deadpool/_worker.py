@@ -62,7 +62,12 @@ def zygote_main(control_fd: int, single: bool, prepared: bool = False) -> None:
     try:
         # A zygote forked from the parent dies with the parent's thread
         # (PDEATHSIG), not by its lifeline; its worker must follow it.
-        _Zygote(control, single, die_with_zygote=prepared).serve()
+        zygote = _Zygote(control, single, die_with_zygote=prepared)
+        if prepared:
+            # Forked from the parent: the kernel's parent-death signal (SIGTERM,
+            # see fork_zygote) is our lifeline. Take everything below us along.
+            signal.signal(signal.SIGTERM, lambda signum, frame: zygote.die())
+        zygote.serve()
     finally:
         _flush_stdio()
         os._exit(0)
@@ -176,6 +181,7 @@ class _Zygote:
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             self.selector.close()
             self.control.close()
@@ -212,6 +218,10 @@ class _Zygote:
                 _write_status(status_fd, STATUS_EXIT, status)
                 os.close(status_fd)
 
+    def die(self) -> None:
+        self.kill_everything()
+        os._exit(0)
+
     def kill_everything(self) -> None:
         for pid in list(self.workers):
             _core.kill_tree(pid)
@@ -232,13 +242,13 @@ def worker_main(task_fd: int, result_fd: int) -> None:
     _core.tune_allocator_for_worker()
     settings = _read_settings(task_fd)
     _initialise(settings)
-    _core.write_frame(result_fd, TAG_READY, struct.pack("<I", os.getpid()))
+    _core.write_frame(result_fd, TAG_READY, 0, struct.pack("<I", os.getpid()))
     trim_above = settings.get("malloc_trim_threshold")
     while True:
         frame = _core.read_frame(task_fd)
         if frame is None:
             return  # the pool is gone: exit at once, as a kill would
-        tag, body = frame
+        tag, task_id, body = frame
         if tag == TAG_RETIRE:
             _retire(settings)
             return
@@ -246,7 +256,7 @@ def worker_main(task_fd: int, result_fd: int) -> None:
             raise RuntimeError(f"unexpected frame tag {tag} from the pool")
         out_tag, out = run_task(body)
         del body
-        _core.write_frame(result_fd, out_tag, out)
+        _core.write_frame(result_fd, out_tag, task_id, out)
         del out
         if trim_above is not None and (_core.rss_bytes(os.getpid()) or 0) > trim_above:
             _core.malloc_trim()
@@ -256,7 +266,7 @@ def _read_settings(task_fd: int) -> dict[str, Any]:
     frame = _core.read_frame(task_fd)
     if frame is None:
         raise SystemExit(0)
-    tag, body = frame
+    tag, _, body = frame
     if tag != TAG_CONFIG:
         raise RuntimeError(f"expected the worker settings, got frame tag {tag}")
     try:
