@@ -353,34 +353,6 @@ def spawn_tree(directory, block=True, release=None):
     return pids
 
 
-HOPPER_LIMIT = 15.0
-
-
-def _hop(fifo: str, stop: str) -> None:
-    """Keep re-forking into a new session, the parent exiting each time, so
-    that a one-pass scan-then-kill misses the newest generation. Every
-    generation holds `fifo` open: the reader sees EOF only once all are dead.
-    Stops by itself when `stop` exists or after HOPPER_LIMIT seconds."""
-    os.closerange(3, 65536)
-    fd = os.open(fifo, os.O_RDWR)
-    os.write(fd, b"h")
-    deadline = time.monotonic() + HOPPER_LIMIT
-    while time.monotonic() < deadline and not os.path.exists(stop):
-        if os.fork():
-            os._exit(0)
-        os.setsid()
-    os._exit(0)
-
-
-def start_hopper(fifo, stop, release=None):
-    """Start a pid-hopping descendant; then wait (bounded) for `release` if
-    given, else return at once."""
-    _fork(_hop, fifo, stop)
-    if release is not None:
-        wait_for_file(release)
-    return "hopping"
-
-
 # ---------------------------------------------------------------- payloads
 
 

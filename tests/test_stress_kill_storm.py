@@ -21,8 +21,9 @@ from tests.helpers import describe, is_alive, pool, wait_until
 
 pytestmark = pytest.mark.stress
 
-# The issue asks for 5,000 tasks; kept, and each task is short (1 ms) so that the
-# storm, whose pace is fixed (one kill per 10 ms), finishes within ~30 s on 2 cores.
+# The issue's numbers, unscaled: 5,000 tasks on 4 workers, one kill per 10 ms.
+# Each task is short (1 ms), so the storm lasts a few seconds on 2 cores (and
+# some hundreds of kills land; the test insists on at least 50).
 STORM_TASKS = 5000
 STORM_WORKERS = 4
 KILL_INTERVAL = 0.010
@@ -185,9 +186,9 @@ def test_kill_storm_while_large_frames_are_in_flight():
         assert [f.result(timeout=60)[0] for f in fresh] == list(range(20))
 
 
-# Scaled: 5 zygote kills over 400 tasks of 5 ms on 2 workers (each kill costs a
+# Scaled: 10 zygote kills over 400 tasks of 5 ms on 2 workers (each kill costs a
 # new interpreter start, ~0.1-0.3 s here).
-ZYGOTE_KILLS = 5
+ZYGOTE_KILLS = 10
 ZYGOTE_TASKS = 400
 
 
@@ -250,6 +251,23 @@ def test_zygote_killed_repeatedly_loses_no_future():
             timeout=10,
             message=lambda pid=pid: f"survived its zygote and the pool: {describe([pid])}",
         )
+    # The killed zygotes were our children: each must have been reaped, not
+    # left a zombie for the rest of this process's life.
+    for pid in zygotes_killed:
+        wait_until(
+            lambda pid=pid: not _is_our_zombie(pid),
+            timeout=10,
+            message=f"killed zygote {pid} was never reaped (a zombie child of the pool's process)",
+        )
+
+
+def _is_our_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return rest[0] == "Z" and int(rest[1]) == os.getpid()
 
 
 def test_zygote_killed_while_idle_then_the_pool_goes_on():
