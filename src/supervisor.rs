@@ -172,6 +172,8 @@ pub struct Supervisor {
     check_shared_zygote_until: Option<Instant>,
     /// The last `ppoll` found the wake-up fd readable.
     woken: bool,
+    /// Dead shared zygotes wait to be reaped (see zygote.rs).
+    graveyard_pending: bool,
     killer: Arc<Killer>,
     /// Events of this turn, sent as one message (one wake-up of the
     /// completion thread instead of one per event).
@@ -200,6 +202,7 @@ impl Supervisor {
             zygotes_to_reap: Vec::new(),
             check_shared_zygote_until: None,
             woken: false,
+            graveyard_pending: false,
             killer,
             outbox: RefCell::new(Vec::new()),
         }
@@ -601,7 +604,9 @@ impl Supervisor {
             State::Retiring { deadline } => Some(deadline),
             _ => None,
         });
-        let reaping = !self.zygotes_to_reap.is_empty() || self.check_shared_zygote_until.is_some();
+        let reaping = !self.zygotes_to_reap.is_empty()
+            || self.check_shared_zygote_until.is_some()
+            || self.graveyard_pending;
         let reap = reaping.then(|| Instant::now() + REAP_RETRY);
         deadlines
             .chain(self.spawn_blocked_until)
@@ -898,6 +903,7 @@ impl Supervisor {
 
     fn reap_zygotes(&mut self) {
         self.zygotes_to_reap.retain(|zygote| !zygote.try_reap());
+        self.graveyard_pending = !zygote::reap_graveyard();
         if let Some(until) = self.check_shared_zygote_until {
             if zygote::reap_shared_if_dead() || Instant::now() >= until {
                 self.check_shared_zygote_until = None;
@@ -905,15 +911,16 @@ impl Supervisor {
         }
     }
 
-    /// Per-worker zygotes exit right after their worker; give them a moment so
-    /// the pool leaves no zombie behind.
+    /// Per-worker zygotes exit right after their worker, and a dead shared one
+    /// may still await reaping; give them a moment so the pool leaves no zombie.
     fn wait_for_zygotes(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(2);
-        while !self.zygotes_to_reap.is_empty() && Instant::now() < deadline {
+        self.reap_zygotes();
+        while (!self.zygotes_to_reap.is_empty() || self.graveyard_pending)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
             self.reap_zygotes();
-            if !self.zygotes_to_reap.is_empty() {
-                std::thread::sleep(Duration::from_millis(5));
-            }
         }
     }
 }

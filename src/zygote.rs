@@ -209,8 +209,9 @@ pub fn request_shared_worker(
                     "zygote {} is gone ({error}); starting a new one",
                     zygote.pid
                 ));
-                zygote.try_reap();
-                *shared = None;
+                if let Some(dead) = shared.take() {
+                    bury(dead);
+                }
             }
         }
     }
@@ -218,6 +219,26 @@ pub fn request_shared_worker(
     let channels = zygote.request_worker();
     *shared = Some(zygote);
     channels
+}
+
+/// Shared zygotes that are gone but not yet reaped. A broken control socket
+/// closes a moment before the process becomes reapable, so one look is not
+/// enough; they are looked at again until reaped, so none stays a zombie.
+static GRAVEYARD: Mutex<Vec<Zygote>> = Mutex::new(Vec::new());
+
+fn bury(zygote: Zygote) {
+    // Its lifeline is broken either way; make sure it is really going.
+    let _ = nix::sys::signal::kill(Pid::from_raw(zygote.pid), nix::sys::signal::Signal::SIGKILL);
+    if !zygote.try_reap() {
+        lock(&GRAVEYARD).push(zygote);
+    }
+}
+
+/// Reaps dead zygotes; true when none is left waiting to be reaped.
+pub fn reap_graveyard() -> bool {
+    let mut graveyard = lock(&GRAVEYARD);
+    graveyard.retain(|zygote| !zygote.try_reap());
+    graveyard.is_empty()
 }
 
 /// Reaps the shared zygote if it has died; true when no live one remains.
