@@ -30,9 +30,12 @@ mod _core {
     use crate::pool::Pool;
 
     #[pymodule_init]
-    fn init(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         // A second import (e.g. in a subinterpreter) finds the logger already set.
         let _ = pyo3_log::try_init();
+        // Compiled in from Cargo.toml (maturin's version source): reading the
+        // installed metadata instead would cost every worker start ~40 ms.
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         Ok(())
     }
 

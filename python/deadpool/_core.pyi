@@ -3,6 +3,8 @@
 from collections.abc import Callable
 from typing import Any
 
+__version__: str
+
 class Pool:
     def __new__(
         cls,

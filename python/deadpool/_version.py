@@ -1,6 +1,3 @@
-from importlib.metadata import PackageNotFoundError, version
+from deadpool._core import __version__
 
-try:
-    __version__ = version("deadpool-executor")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0+unknown"
+__all__ = ["__version__"]
