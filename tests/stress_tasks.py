@@ -17,27 +17,14 @@ import subprocess
 import sys
 import time
 
+from tests.tasks import append_line, write_atomic
+
 BLOCK_LIMIT = 60.0
 ORPHAN_LIMIT = 120.0
 MiB = 1024 * 1024
 
 
 # ---------------------------------------------------------------- small utilities
-
-
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.rename(tmp, path)
-
-
-def append_line(path: str, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{line}\n".encode())
-    finally:
-        os.close(fd)
 
 
 def wait_for_file(path: str, limit: float = BLOCK_LIMIT) -> bool:
