@@ -7,8 +7,7 @@
 //! where the pool's background work meets Python: it attaches once per batch of
 //! events and hands the whole batch to the shim's dispatcher.
 
-use crate::backlog::Backlog;
-use crate::backlog::{lock, PushError, Task};
+use crate::backlog::{lock, Backlog, PushError, Task};
 use crate::buffers::BufferPool;
 use crate::events::{Command, Event, Outcome};
 use crate::killer::Killer;
