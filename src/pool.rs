@@ -143,9 +143,22 @@ impl Pool {
             event_tx,
             Killer::start()?,
         );
-        let supervisor_thread = std::thread::Builder::new()
-            .name("deadpool-supervisor".into())
-            .spawn(move || supervisor.run())?;
+        let supervisor_thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("deadpool-supervisor".into())
+                .spawn(move || {
+                    // A bug that panics here must not leave futures hanging:
+                    // the backlog closes (later submits get PoolClosed) and
+                    // the completion thread fails whatever is unresolved.
+                    let run =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| supervisor.run()));
+                    shared.backlog.close(true);
+                    if run.is_err() {
+                        log::error!("the deadpool supervisor stopped unexpectedly");
+                    }
+                })?
+        };
         let completion = {
             let (commands, shared, finished, thread_id) = (
                 command_tx.clone(),
@@ -347,9 +360,17 @@ fn completion_loop(
             shared.waker.wake();
         }
     }
-    // Python references must be released while attached; at interpreter
-    // shutdown there is no one to release them to.
-    if Python::try_attach(move |_py| drop(callbacks)).is_none() {
+    // Normally nothing is left; after an internal failure, every future still
+    // waiting gets an exception instead of hanging. Python references must be
+    // released while attached; at interpreter shutdown there is no one to
+    // release them to.
+    let released = Python::try_attach(move |py| {
+        if let Err(error) = callbacks.dispatch.call_method0(py, "abandon") {
+            error.write_unraisable(py, None);
+        }
+        drop(callbacks);
+    });
+    if released.is_none() {
         log::debug!("interpreter gone; leaving the pool's callbacks to the OS");
     }
 }

@@ -311,6 +311,17 @@ class _Dispatcher:
             except BaseException:
                 logger.exception("deadpool: a callback of task %d raised", task_id)
 
+    def abandon(self) -> None:
+        """The core has stopped for good: nothing left here will ever be resolved
+        by it (normally nothing is left), so fail it rather than let it hang."""
+        while self.futures:
+            _, future = self.futures.popitem()
+            future._resolve(
+                exception=ProcessError(
+                    "deadpool stopped before this task finished (internal error)"
+                )
+            )
+
     def _finish(self, future: Future, kind: int, payload: Any) -> None:
         try:
             self._settle(future, kind, payload)
