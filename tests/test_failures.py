@@ -201,3 +201,17 @@ def test_failed_task_is_counted_once_and_worker_survives():
         stats = exe.get_statistics()
         assert stats["tasks_failed"] == 3
         assert stats["worker_processes_created"] == 1
+
+
+def test_futures_left_when_the_core_stops_fail_instead_of_hanging():
+    # The completion thread calls abandon() when the core stops for good; after
+    # an internal failure (a supervisor panic) this is what resolves every
+    # future the core can no longer report on.
+    with pool(max_workers=1) as exe:
+        running = exe.submit(tasks.sleep_then_return, 300)
+        wait_until(running.running, timeout=30, message="the task never started")
+        exe._dispatcher.abandon()
+        error = running.exception(timeout=30)
+        assert isinstance(error, deadpool.ProcessError), repr(error)
+        assert "stopped before this task finished" in str(error)
+        exe.shutdown(wait=False, cancel_futures=True)  # kill the 300 s task
