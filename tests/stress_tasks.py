@@ -379,6 +379,24 @@ def make_payload_in_worker(nbytes, seed=7):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def read_prefixed_line(proc, prefix: bytes, timeout: float) -> bytes:
+    """What follows `prefix` on the first whole line of `proc`'s stdout that starts
+    with it, or b"" if none arrives within `timeout` seconds (or stdout ends)."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while time.monotonic() < deadline:
+        for line in buf.splitlines(keepends=True):
+            if line.startswith(prefix) and line.endswith(b"\n"):
+                return line[len(prefix) :]
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+    return b""
+
+
 def script_env(**extra: str) -> dict[str, str]:
     """The environment for a test script: `tests` importable (ROOT on PYTHONPATH,
     ahead of whatever PYTHONPATH already says)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -138,21 +137,6 @@ if __name__ == "__main__":
 '''
 
 
-def _read_line(proc, prefix: bytes, deadline: float) -> bytes:
-    buf = b""
-    while time.monotonic() < deadline:
-        for line in buf.splitlines(keepends=True):
-            if line.startswith(prefix) and line.endswith(b"\n"):
-                return line
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if ready:
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            buf += chunk
-    return b""
-
-
 @pytest.mark.parametrize("case", ["result", "submit", "shutdown", "escape"])
 def test_sigint_interrupts_a_blocked_call_and_nothing_is_left(tmp_path, case):
     token = f"DP_STRESS_SIGINT_{uuid.uuid4().hex}"
@@ -169,7 +153,7 @@ def test_sigint_interrupts_a_blocked_call_and_nothing_is_left(tmp_path, case):
         start_new_session=True,
     )
     try:
-        blocked = _read_line(proc, b"BLOCKED", time.monotonic() + 60)
+        blocked = stress_tasks.read_prefixed_line(proc, b"BLOCKED", 60)
         assert blocked, f"the script never blocked: {proc.communicate(timeout=60)!r}"
         sent_at = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal

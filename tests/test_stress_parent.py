@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -41,20 +40,24 @@ def _start(script_text: str, tmp_path, *args, token: str) -> subprocess.Popen:
     )
 
 
-def _read_prefixed(proc, prefix: bytes, timeout: float) -> bytes:
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while time.monotonic() < deadline:
-        for line in buf.splitlines(keepends=True):
-            if line.startswith(prefix) and line.endswith(b"\n"):
-                return line[len(prefix) :]
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if ready:
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            buf += chunk
-    return b""
+def _run_for_report(script_text: str, tmp_path, *args, name: str, timeout: float) -> dict:
+    """Run a script to completion, check it left no process behind (its session is
+    killed afterwards whatever happens), and return the JSON it printed after
+    "REPORT "."""
+    token = f"DP_STRESS_{name}_{uuid.uuid4().hex}"
+    proc = _start(script_text, tmp_path, *args, token=token)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, err.decode(errors="replace")[-4000:]
+        # The script exited by itself: nothing it started may outlive it.
+        wait_until(
+            lambda: not processes_with_env_token(token),
+            timeout=10,
+            message=lambda: describe(processes_with_env_token(token)),
+        )
+    finally:
+        _kill_session(proc, token)
+    return json.loads([x for x in out.splitlines() if x.startswith(b"REPORT ")][-1][7:])
 
 
 def _kill_session(proc: subprocess.Popen, token: str) -> None:
@@ -113,7 +116,7 @@ def test_everything_dies_within_two_seconds_of_the_parent(tmp_path, method):
     directory.mkdir()
     proc = _start(PARENT_DEATH_SCRIPT, tmp_path, directory, method, token=token)
     try:
-        line = _read_prefixed(proc, b"PIDS ", 120)
+        line = stress_tasks.read_prefixed_line(proc, b"PIDS ", 120)
         if not line:
             _kill_session(proc, token)
             pytest.fail(f"no pids from the script: {proc.communicate(timeout=30)!r}")
@@ -186,21 +189,13 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
 def test_pool_created_in_a_short_lived_thread_keeps_working(tmp_path, method):
-    token = f"DP_STRESS_THREAD_{uuid.uuid4().hex}"
-    proc = _start(THREAD_SCRIPT, tmp_path, method, token=token)
-    try:
-        out, err = proc.communicate(timeout=180)
-    finally:
-        _kill_session(proc, token)
-    assert proc.returncode == 0, err.decode(errors="replace")[-4000:]
-    report = json.loads([x for x in out.splitlines() if x.startswith(b"REPORT ")][-1][7:])
+    report = _run_for_report(THREAD_SCRIPT, tmp_path, method, name="THREAD", timeout=180)
     assert report["values"] == list(range(100))
     assert report["other"] == "other"
     assert report["failed"] == 0
     # No worker (or zygote) died when the creating thread exited.
     assert report["created"] == 2, report
     assert report["same_zygote"], report
-    wait_until(lambda: not processes_with_env_token(token), timeout=10)
 
 
 # ---------------------------------------------------------------- os.fork()
@@ -321,14 +316,7 @@ N_FORKS = 20
 
 
 def test_fork_after_creating_a_pool(tmp_path):
-    token = f"DP_STRESS_FORK_{uuid.uuid4().hex}"
-    proc = _start(FORK_SCRIPT, tmp_path, N_FORKS, token=token)
-    try:
-        out, err = proc.communicate(timeout=240)
-    finally:
-        _kill_session(proc, token)
-    assert proc.returncode == 0, err.decode(errors="replace")[-4000:]
-    report = json.loads([x for x in out.splitlines() if x.startswith(b"REPORT ")][-1][7:])
+    report = _run_for_report(FORK_SCRIPT, tmp_path, N_FORKS, name="FORK", timeout=240)
     print(
         f"\nfork: {N_FORKS} forks while {report['churned']} tasks churned; hung: {report['hung']}"
     )
@@ -342,8 +330,3 @@ def test_fork_after_creating_a_pool(tmp_path):
     # The parent's pool was not harmed by any of it.
     assert report["parent_failures"] == [] and report["parent_failed_stat"] == 0, report
     assert report["after"] == list(range(10))
-    wait_until(
-        lambda: not processes_with_env_token(token),
-        timeout=10,
-        message=lambda: describe(processes_with_env_token(token)),
-    )

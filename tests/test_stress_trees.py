@@ -69,26 +69,17 @@ def test_timeout_kills_the_whole_tree(tmp_path):
         assert exe.submit(stress_tasks.ident, 1).result(timeout=60) == 1
 
 
-def test_cancel_kills_the_whole_tree(tmp_path):
-    directory = _tree_dir(tmp_path, "c")
+@pytest.mark.parametrize("cancel", ["cancel", "cancel_and_kill_if_running"])
+def test_cancel_kills_the_whole_tree(tmp_path, cancel):
+    directory = _tree_dir(tmp_path, cancel)
     with pool(max_workers=1) as exe:
         fut = exe.submit(stress_tasks.spawn_tree, str(directory))
         pids = _wait_ready(directory, fut)
         assert fut.running()
-        assert fut.cancel()
+        assert getattr(fut, cancel)()
         assert fut.cancelled()
-        _assert_all_die([fut.pid, *pids], "after cancel()")
+        _assert_all_die([fut.pid, *pids], f"after {cancel}()")
         assert exe.submit(stress_tasks.ident, 2).result(timeout=60) == 2
-
-
-def test_cancel_and_kill_if_running_kills_the_whole_tree(tmp_path):
-    directory = _tree_dir(tmp_path, "k")
-    with pool(max_workers=1) as exe:
-        fut = exe.submit(stress_tasks.spawn_tree, str(directory))
-        pids = _wait_ready(directory, fut)
-        assert fut.cancel_and_kill_if_running()
-        _assert_all_die([fut.pid, *pids], "after cancel_and_kill_if_running()")
-        assert exe.submit(stress_tasks.ident, 3).result(timeout=60) == 3
 
 
 def test_many_trees_timed_out_at_once(tmp_path):
