@@ -308,10 +308,6 @@ impl Pool {
         }
         Ok(dict)
     }
-
-    fn backlog_len(&self) -> usize {
-        self.shared.backlog.len()
-    }
 }
 
 impl Pool {

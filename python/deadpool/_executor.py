@@ -276,7 +276,7 @@ class Deadpool(concurrent.futures.Executor):
         self._core.clear_workers()
 
     def _check_usable(self) -> None:
-        if os.getpid() != self._owner_pid:
+        if _this_pid != self._owner_pid:
             raise PoolClosed(
                 f"this pool belongs to process {self._owner_pid}; "
                 "a process made by os.fork() must create its own pool"
@@ -482,7 +482,14 @@ def _finish_pools_at_exit() -> None:
         pool.wait()
 
 
+# This process's pid, kept current by the fork hook so that submit() (the hot
+# path) needs no getpid() system call to notice it runs in a forked child.
+_this_pid = os.getpid()
+
+
 def _after_fork_in_child() -> None:
+    global _this_pid
+    _this_pid = os.getpid()
     _live_pools.clear()
     _core.forget_zygote_after_fork()
 
