@@ -92,6 +92,8 @@ struct Worker {
     /// "fork" start method: the control socket while the zygote is being forked.
     fork_control: Option<OwnedFd>,
     zygote: Option<Zygote>,
+    /// "forkserver": the pid of the shared zygote that forked this worker.
+    shared_zygote: Option<i32>,
     reader: FrameReader,
     status_bytes: Vec<u8>,
     outbox: VecDeque<PendingWrite>,
@@ -118,6 +120,7 @@ impl Worker {
             channels: None,
             fork_control: None,
             zygote: None,
+            shared_zygote: None,
             reader: FrameReader::with_buffers(MAX_BODY_LEN, Arc::clone(buffers)),
             status_bytes: Vec::new(),
             outbox: VecDeque::new(),
@@ -167,9 +170,6 @@ pub struct Supervisor {
     spawn_blocked_until: Option<Instant>,
     startup_failures: u32,
     zygotes_to_reap: Vec<Zygote>,
-    /// Until when to look for the shared zygote's death (seen as a status
-    /// pipe closing without an exit record), so it does not stay a zombie.
-    check_shared_zygote_until: Option<Instant>,
     /// The last `ppoll` found the wake-up fd readable.
     woken: bool,
     /// Dead shared zygotes wait to be reaped (see zygote.rs).
@@ -200,7 +200,6 @@ impl Supervisor {
             spawn_blocked_until: None,
             startup_failures: 0,
             zygotes_to_reap: Vec::new(),
-            check_shared_zygote_until: None,
             woken: false,
             graveyard_pending: false,
             killer,
@@ -366,7 +365,10 @@ impl Supervisor {
                 for note in notes {
                     self.log(log::Level::Warn, note);
                 }
-                result.map(|c| worker.channels = Some(c))
+                result.map(|(channels, zygote_pid)| {
+                    worker.channels = Some(channels);
+                    worker.shared_zygote = Some(zygote_pid);
+                })
             }
             StartMethod::Spawn => Zygote::launch(&self.settings.launch, true).and_then(|z| {
                 worker.channels = Some(z.request_worker()?);
@@ -604,9 +606,7 @@ impl Supervisor {
             State::Retiring { deadline } => Some(deadline),
             _ => None,
         });
-        let reaping = !self.zygotes_to_reap.is_empty()
-            || self.check_shared_zygote_until.is_some()
-            || self.graveyard_pending;
+        let reaping = !self.zygotes_to_reap.is_empty() || self.graveyard_pending;
         let reap = reaping.then(|| Instant::now() + REAP_RETRY);
         deadlines
             .chain(self.spawn_blocked_until)
@@ -859,8 +859,9 @@ impl Supervisor {
         }
         let zygote_died = !worker.status_open && !worker.exited;
         if zygote_died {
-            if worker.zygote.is_none() {
-                self.check_shared_zygote_until = Some(Instant::now() + Duration::from_secs(5));
+            if let Some(pid) = worker.shared_zygote {
+                zygote::bury_shared(pid);
+                self.graveyard_pending = true;
             }
             if !worker.result_open {
                 worker.exited = true;
@@ -904,11 +905,6 @@ impl Supervisor {
     fn reap_zygotes(&mut self) {
         self.zygotes_to_reap.retain(|zygote| !zygote.try_reap());
         self.graveyard_pending = !zygote::reap_graveyard();
-        if let Some(until) = self.check_shared_zygote_until {
-            if zygote::reap_shared_if_dead() || Instant::now() >= until {
-                self.check_shared_zygote_until = None;
-            }
-        }
     }
 
     /// Per-worker zygotes exit right after their worker, and a dead shared one

@@ -190,10 +190,11 @@ static SHARED: Mutex<Option<Zygote>> = Mutex::new(None);
 /// needed. Losing the zygote therefore never breaks a pool: the next request
 /// starts a new one.
 /// `notes` collects what is worth logging (the caller may not log directly).
+/// Returns the worker's channels and the pid of the zygote that made it.
 pub fn request_shared_worker(
     launch: &ZygoteLaunch,
     notes: &mut Vec<String>,
-) -> io::Result<WorkerChannels> {
+) -> io::Result<(WorkerChannels, i32)> {
     let mut shared = lock(&SHARED);
     if let Some(zygote) = shared.as_ref() {
         if zygote.owner_pid != std::process::id() {
@@ -203,7 +204,7 @@ pub fn request_shared_worker(
     }
     if let Some(zygote) = shared.as_ref() {
         match zygote.request_worker() {
-            Ok(channels) => return Ok(channels),
+            Ok(channels) => return Ok((channels, zygote.pid)),
             Err(error) => {
                 notes.push(format!(
                     "zygote {} is gone ({error}); starting a new one",
@@ -216,9 +217,10 @@ pub fn request_shared_worker(
         }
     }
     let zygote = Zygote::launch(launch, false)?;
+    let pid = zygote.pid;
     let channels = zygote.request_worker();
     *shared = Some(zygote);
-    channels
+    Ok((channels?, pid))
 }
 
 /// Shared zygotes that are gone but not yet reaped. A broken control socket
@@ -241,16 +243,16 @@ pub fn reap_graveyard() -> bool {
     graveyard.is_empty()
 }
 
-/// Reaps the shared zygote if it has died; true when no live one remains.
-pub fn reap_shared_if_dead() -> bool {
+/// The shared zygote `pid` has died (a worker's status pipe closed without an
+/// exit record): if it is still the current one, the next request starts a new
+/// one, and it waits in the graveyard to be reaped.
+pub fn bury_shared(pid: i32) {
     let mut shared = lock(&SHARED);
-    match shared.as_ref() {
-        Some(zygote) if zygote.try_reap() => {
-            *shared = None;
-            true
+    if shared.as_ref().is_some_and(|zygote| zygote.pid == pid) {
+        if let Some(dead) = shared.take() {
+            drop(shared);
+            bury(dead);
         }
-        Some(_) => false,
-        None => true,
     }
 }
 
