@@ -32,14 +32,21 @@ impl Waker {
         }
     }
 
-    /// `readable`: `ppoll` reported the eventfd readable. A wake whose write
-    /// lands just after a drain leaves it readable with the flag clear; that
-    /// case is read here too, or `ppoll` would return at once forever.
+    /// `readable`: `ppoll` reported the eventfd readable (a write can land
+    /// with the flag already clear; it must be read or `ppoll` would return
+    /// at once forever).
+    ///
+    /// Read first, clear the flag second. The other order loses wake-ups: a
+    /// wake between the clear and the read sets the flag and has its write
+    /// consumed by that read, so the next wake sees the flag set, writes
+    /// nothing, and the supervisor sleeps through it. With this order every
+    /// wake either precedes the clear (the swap makes its posted work visible
+    /// to the look that follows) or follows it and writes.
     pub fn drain(&self, readable: bool) {
-        let was_armed = self.armed.swap(false, Ordering::AcqRel);
-        if was_armed || readable {
+        if readable || self.armed.load(Ordering::Acquire) {
             let _ = self.fd.read();
         }
+        self.armed.swap(false, Ordering::AcqRel);
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -50,6 +57,9 @@ impl Waker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    use std::time::Duration;
 
     fn readable(fd: RawFd) -> bool {
         let mut pollfd = libc::pollfd {
@@ -77,5 +87,62 @@ mod tests {
             !readable(waker.raw_fd()),
             "an armed waker is read even unprompted"
         );
+    }
+
+    fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
+        let mut pollfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pollfd, 1, timeout.as_millis() as libc::c_int) == 1 }
+    }
+
+    /// A producer posts work (a counter bump, as a channel send would) and
+    /// wakes, in quick pairs so that one wake can land while the consumer
+    /// drains and the next while it is about to sleep. The consumer drains,
+    /// looks at the work and sleeps, as the supervisor's loop does; sleeping
+    /// out the poll's timeout with posted work unseen means a lost wake-up.
+    #[test]
+    fn no_wakeup_is_lost_between_drain_and_sleep() {
+        const ROUNDS: u64 = 30_000;
+        let waker = Arc::new(Waker::new().expect("eventfd"));
+        let posted = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(AtomicU64::new(0));
+        let producer = {
+            let (waker, posted, seen) =
+                (Arc::clone(&waker), Arc::clone(&posted), Arc::clone(&seen));
+            std::thread::spawn(move || {
+                for round in 0..ROUNDS {
+                    for _ in 0..2 {
+                        posted.fetch_add(1, Ordering::AcqRel);
+                        waker.wake();
+                        for _ in 0..(round % 64) {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    while seen.load(Ordering::Acquire) < posted.load(Ordering::Acquire) {
+                        std::hint::spin_loop();
+                    }
+                }
+            })
+        };
+        let mut readable = false;
+        while seen.load(Ordering::Acquire) < 2 * ROUNDS {
+            waker.drain(std::mem::take(&mut readable));
+            let now_seen = posted.load(Ordering::Acquire);
+            seen.store(now_seen, Ordering::Release);
+            if now_seen == 2 * ROUNDS {
+                break;
+            }
+            readable = wait_readable(waker.raw_fd(), Duration::from_secs(10));
+            let pending = posted.load(Ordering::Acquire) - seen.load(Ordering::Acquire);
+            assert!(
+                readable || pending == 0,
+                "slept through {pending} posted wake-ups"
+            );
+        }
+        producer.join().expect("producer");
     }
 }
