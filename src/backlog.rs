@@ -29,6 +29,9 @@ struct Queue {
     tasks: BTreeMap<(u64, u64), Task>,
     priority_of: HashMap<u64, u64>,
     closed: bool,
+    /// Submitters waiting for room. Waking a condvar costs a syscall even with
+    /// nobody waiting, and `pop` runs once per task.
+    blocked_submitters: usize,
 }
 
 pub struct Backlog {
@@ -72,15 +75,17 @@ impl Backlog {
     /// Blocks up to `timeout` until there may be room (or the backlog closed).
     /// Callers re-try `push`; waking spuriously is harmless.
     pub fn wait_for_space(&self, timeout: Duration) {
-        let queue = lock(&self.queue);
+        let mut queue = lock(&self.queue);
         let has_room = |q: &Queue| q.closed || self.bound == 0 || q.tasks.len() < self.bound;
         if has_room(&queue) {
             return;
         }
-        let _unused = self
+        queue.blocked_submitters += 1;
+        let (mut queue, _) = self
             .space
             .wait_timeout_while(queue, timeout, |q| !has_room(q))
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        queue.blocked_submitters -= 1;
     }
 
     /// The next task to run: lowest priority value, then earliest submitted.
@@ -88,9 +93,16 @@ impl Backlog {
         let mut queue = lock(&self.queue);
         let (_, task) = queue.tasks.pop_first()?;
         queue.priority_of.remove(&task.id);
-        drop(queue);
-        self.space.notify_one();
+        self.made_room(queue);
         Some(task)
+    }
+
+    fn made_room(&self, queue: MutexGuard<'_, Queue>) {
+        let someone_waits = queue.blocked_submitters > 0;
+        drop(queue);
+        if someone_waits {
+            self.space.notify_one();
+        }
     }
 
     /// Removes a pending task, e.g. on `Future.cancel()`.
@@ -98,8 +110,7 @@ impl Backlog {
         let mut queue = lock(&self.queue);
         let priority = queue.priority_of.remove(&id)?;
         let task = queue.tasks.remove(&(priority, id));
-        drop(queue);
-        self.space.notify_one();
+        self.made_room(queue);
         task
     }
 
@@ -222,22 +233,31 @@ mod tests {
 
     #[test]
     fn waiting_submitter_wakes_when_space_frees() {
+        assert_freeing_wakes_a_waiting_submitter(|backlog| backlog.pop().is_some());
+    }
+
+    #[test]
+    fn waiting_submitter_wakes_when_a_pending_task_is_cancelled() {
+        assert_freeing_wakes_a_waiting_submitter(|backlog| backlog.remove(1).is_some());
+    }
+
+    fn assert_freeing_wakes_a_waiting_submitter(free: fn(&Backlog) -> bool) {
         let backlog = Arc::new(Backlog::new(1));
         backlog.push(task(1, 0), true).expect("push");
         let consumer = {
             let backlog = Arc::clone(&backlog);
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(20));
-                backlog.pop()
+                free(&backlog)
             })
         };
         let start = Instant::now();
         backlog.wait_for_space(Duration::from_secs(10));
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "woken by pop, not the timeout"
+            "woken by the freed slot, not the timeout"
         );
-        assert!(consumer.join().expect("join").is_some());
+        assert!(consumer.join().expect("join"));
         backlog.push(task(2, 0), true).expect("room now");
     }
 

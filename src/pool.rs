@@ -333,42 +333,50 @@ fn wait_reply<T: Send>(py: Python<'_>, reply: &Receiver<T>) -> PyResult<Option<T
     }
 }
 
+/// Runs on its own thread for the pool's life, attached to the interpreter
+/// once: it keeps one thread state and only releases the GIL while it waits.
+/// (Attaching afresh per batch builds and tears down a thread state each
+/// time, a memory mapping among it, which costs more than the batch itself
+/// when results trickle in one by one.) Should the interpreter be finalizing
+/// when a batch arrives, PyO3 parks this thread rather than letting CPython
+/// end it under Rust frames.
 fn completion_loop(
     events: Receiver<Vec<Event>>,
     commands: Sender<Command>,
     shared: &Shared,
     callbacks: Callbacks,
 ) {
-    while let Ok(mut batch) = events.recv() {
-        while batch.len() < MAX_BATCH {
-            match events.try_recv() {
-                Ok(more) => batch.extend(more),
-                Err(_) => break,
+    let ran = Python::try_attach(|py| {
+        while let Some(batch) = py.detach(|| next_batch(&events)) {
+            if deliver(py, batch, &callbacks, shared, &commands) {
+                shared.waker.wake();
             }
         }
-        let Some(answered) =
-            Python::try_attach(|py| deliver(py, batch, &callbacks, shared, &commands))
-        else {
-            // The interpreter is finalizing: nobody is left to tell.
-            break;
-        };
-        if answered {
-            shared.waker.wake();
-        }
-    }
-    // Normally nothing is left; after an internal failure, every future still
-    // waiting gets an exception instead of hanging. Python references must be
-    // released while attached; at interpreter shutdown there is no one to
-    // release them to.
-    let released = Python::try_attach(move |py| {
+        // Normally nothing is left; after an internal failure, every future
+        // still waiting gets an exception instead of hanging.
         if let Err(error) = callbacks.dispatch.call_method0(py, "abandon") {
             error.write_unraisable(py, None);
         }
         drop(callbacks);
     });
-    if released.is_none() {
+    if ran.is_none() {
+        // Python references must be released while attached; at interpreter
+        // shutdown there is no one to release them to.
         log::debug!("interpreter gone; leaving the pool's callbacks to the OS");
     }
+}
+
+/// The next events, as many as are waiting (up to a batch); `None` once the
+/// supervisor has finished.
+fn next_batch(events: &Receiver<Vec<Event>>) -> Option<Vec<Event>> {
+    let mut batch = events.recv().ok()?;
+    while batch.len() < MAX_BATCH {
+        match events.try_recv() {
+            Ok(more) => batch.extend(more),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 /// Hands a batch to Python; true if it sent the supervisor an answer (which
