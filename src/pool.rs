@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
@@ -390,11 +391,19 @@ fn deliver(
 ) -> bool {
     let items = PyList::empty(py);
     let mut answered = false;
+    let mut started_here = started_and_finished(&batch);
     for event in batch {
         let item = match event {
-            Event::Started { task_id, pid } => dispatch_item(py, STARTED, task_id, pid, None),
+            Event::Started { task_id, pid } => {
+                if let Some(slot) = started_here.get_mut(&task_id) {
+                    *slot = pid;
+                    continue;
+                }
+                dispatch_item(py, STARTED, task_id, pid, None)
+            }
             Event::Finished { task_id, outcome } => {
-                finished_item(py, task_id, outcome, &shared.buffers)
+                let pid = started_here.remove(&task_id).unwrap_or(0);
+                finished_item(py, task_id, pid, outcome, &shared.buffers)
             }
             Event::NeedConfig { worker_id } => {
                 let config = call_for_bytes(py, callbacks.make_config.as_ref());
@@ -448,9 +457,30 @@ fn dispatch_item<'py>(
     )
 }
 
+/// Tasks both started and finished within `batch`: their start is folded
+/// into their outcome (one Python call instead of two, and no RUNNING state
+/// that nobody could have seen). Maps each to its pid, filled in on the way.
+fn started_and_finished(batch: &[Event]) -> HashMap<u64, i32> {
+    let finished: HashSet<u64> = batch
+        .iter()
+        .filter_map(|event| match event {
+            Event::Finished { task_id, .. } => Some(*task_id),
+            _ => None,
+        })
+        .collect();
+    batch
+        .iter()
+        .filter_map(|event| match event {
+            Event::Started { task_id, .. } if finished.contains(task_id) => Some((*task_id, 0)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn finished_item<'py>(
     py: Python<'py>,
     task_id: u64,
+    pid: i32,
     outcome: Outcome,
     buffers: &Arc<BufferPool>,
 ) -> PyResult<Bound<'py, PyTuple>> {
@@ -464,7 +494,7 @@ fn finished_item<'py>(
         Outcome::Cancelled => (CANCELLED, None),
         Outcome::Lost(message) => (LOST, Some(PyString::new(py, &message).into_any())),
     };
-    dispatch_item(py, kind, task_id, 0, payload)
+    dispatch_item(py, kind, task_id, pid, payload)
 }
 
 fn call_for_bytes(py: Python<'_>, callable: Option<&Py<PyAny>>) -> Result<Vec<u8>, String> {

@@ -70,6 +70,33 @@ def test_pid_callbacks_fire_when_added_before_and_after_start(tmp_path):
     assert sorted(seen) == sorted([("after-start", pid1), ("before-start", pid2)])
 
 
+def test_quick_tasks_know_their_pid_and_run_pid_callbacks_before_done_callbacks():
+    # Tasks this short usually start and finish between two deliveries, which
+    # the core reports together; the pid and the callback order must not change.
+    order: list[tuple[str, int, int | None]] = []
+    lock = threading.Lock()
+
+    def note(tag, i):
+        def cb(fut):
+            with lock:
+                order.append((tag, i, fut.pid))
+
+        return cb
+
+    with pool(max_workers=2, max_backlog=0) as exe:
+        futures = []
+        for i in range(300):
+            fut = exe.submit(tasks.get_pid)
+            fut.add_pid_callback(note("pid", i))
+            fut.add_done_callback(note("done", i))
+            futures.append(fut)
+        for fut in futures:
+            assert fut.result(timeout=60) == fut.pid  # the worker that ran it
+    for i, fut in enumerate(futures):
+        mine = [(tag, pid) for tag, j, pid in order if j == i]
+        assert mine == [("pid", fut.pid), ("done", fut.pid)], (i, mine)
+
+
 def test_done_callback_fires_with_the_result():
     done = threading.Event()
     got = []

@@ -177,7 +177,7 @@ class Deadpool(concurrent.futures.Executor):
         future = Future()
         task_id = next(self._ids)
         future._task_id = task_id
-        future._canceller = self._core.cancel
+        future._core = self._core
         try:
             payload = pickle.dumps((fn, args, kwargs), _PICKLE_PROTOCOL)
         except Exception as exc:
@@ -287,7 +287,8 @@ class Deadpool(concurrent.futures.Executor):
 
 class _Dispatcher:
     """Called by the core's completion thread with a batch of
-    ``(kind, task_id, pid, payload)`` events."""
+    ``(kind, task_id, pid, payload)`` events. An outcome carries the worker's
+    pid (else 0) when its start was reported in the same batch."""
 
     def __init__(self) -> None:
         self.futures: dict[int, Future] = {}
@@ -307,6 +308,9 @@ class _Dispatcher:
                 future = futures.pop(task_id, None)
                 if future is None:
                     continue  # cancelled, and already resolved by cancel()
+                if pid:
+                    # Started in the same batch: the core folded it in here.
+                    future._started(pid, running=False)
                 self._finish(future, kind, payload)
             except BaseException:
                 logger.exception("deadpool: a callback of task %d raised", task_id)

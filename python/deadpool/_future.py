@@ -29,9 +29,12 @@ class Future(concurrent.futures.Future):
     def __init__(self) -> None:
         super().__init__()
         self._pid: int | None = None
-        self._pid_callbacks: list[Callable[[Future], Any]] = []
+        # Made on first use: most futures never get a pid callback, and every
+        # container allocated per task is more work for the cyclic GC.
+        self._pid_callbacks: list[Callable[[Future], Any]] | None = None
         self._task_id: int | None = None
-        self._canceller: Callable[[int], int] | None = None
+        # The pool's core (shared, not a bound method per task): cancel(task_id).
+        self._core: Any = None
 
     @property
     def pid(self) -> int | None:
@@ -44,6 +47,8 @@ class Future(concurrent.futures.Future):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         with self._condition:
             if self._pid is None:
+                if self._pid_callbacks is None:
+                    self._pid_callbacks = []
                 self._pid_callbacks.append(fn)
                 return
         self._run_pid_callback(fn)
@@ -56,9 +61,9 @@ class Future(concurrent.futures.Future):
                 return False
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 return True
-        if self._canceller is None or self._task_id is None:
+        if self._core is None or self._task_id is None:
             return super().cancel()
-        if self._canceller(self._task_id) == _NOT_FOUND:
+        if self._core.cancel(self._task_id) == _NOT_FOUND:
             # Finishing at this moment: its outcome is on the way.
             return self.cancelled()
         return self._force_cancelled()
@@ -69,15 +74,20 @@ class Future(concurrent.futures.Future):
 
     # ----- called by the executor ---------------------------------------
 
-    def _started(self, pid: int) -> None:
+    def _started(self, pid: int, running: bool = True) -> None:
+        """The task reached worker ``pid``. ``running=False``: it has also
+        finished already (both reported together), so the RUNNING state, which
+        nobody could observe, is skipped; pid callbacks still run first."""
         with self._condition:
             if self._state != PENDING:
                 return
-            self._state = RUNNING
+            if running:
+                self._state = RUNNING
             self._pid = pid
-            callbacks, self._pid_callbacks = self._pid_callbacks, []
-        for fn in callbacks:
-            self._run_pid_callback(fn)
+            callbacks, self._pid_callbacks = self._pid_callbacks, None
+        if callbacks:
+            for fn in callbacks:
+                self._run_pid_callback(fn)
 
     def _force_cancelled(self) -> bool:
         """End CANCELLED from PENDING or RUNNING, waking every waiter."""
