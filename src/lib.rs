@@ -120,6 +120,18 @@ mod _core {
         process_tree::descendants(pid)
     }
 
+    /// This process's name (`/proc/<pid>/comm`), for a spare to restore.
+    #[pyfunction]
+    fn process_name() -> PyResult<String> {
+        worker_process::process_name().map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
+    /// Renames this process as `ps` shows it (a spare names itself).
+    #[pyfunction]
+    fn set_process_name(name: &str) -> PyResult<()> {
+        worker_process::set_process_name(name).map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
     /// The pid of this process's shared zygote, if one is running.
     #[pyfunction]
     fn shared_zygote_pid() -> Option<i32> {

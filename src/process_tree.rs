@@ -9,6 +9,7 @@
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::HashSet;
+use std::io::Read;
 
 /// `(pid, ppid)` of every live (not exited) process whose pid is above `above`.
 /// Reading each process's status is what costs; listing `/proc` is cheap, so
@@ -29,13 +30,45 @@ fn live_processes(above: i32) -> Vec<(i32, i32)> {
         if pid <= above {
             continue;
         }
-        if let Ok(stat) = procfs::process::Process::new(pid).and_then(|p| p.stat()) {
-            if stat.state != 'Z' && stat.state != 'X' {
-                found.push((pid, stat.ppid));
+        if let Some((state, ppid)) = state_and_parent(pid) {
+            if state != b'Z' && state != b'X' {
+                found.push((pid, ppid));
             }
         }
     }
     found
+}
+
+/// The state letter and parent pid from `/proc/<pid>/stat`, or `None` once
+/// the process is gone. One open and one read into the stack, parsing two
+/// fields: a kill scans every process on the machine, and a full parse of
+/// each stat (as a general-purpose reader does) made that scan cost more
+/// CPU than starting the replacement worker.
+fn state_and_parent(pid: i32) -> Option<(u8, i32)> {
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let mut buffer = [0u8; 1024];
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+    parse_state_and_parent(&buffer[..filled])
+}
+
+/// `pid (comm) S ppid ...`: the command may hold spaces and parentheses, so
+/// the fields start after the last `)`.
+fn parse_state_and_parent(stat: &[u8]) -> Option<(u8, i32)> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let mut fields = stat[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|field| !field.is_empty());
+    let state = *fields.next()?.first()?;
+    let ppid = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+    Some((state, ppid))
 }
 
 /// Adds to `members` every process of `processes` whose parent is a member
@@ -141,6 +174,25 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_fields_are_found_after_the_last_parenthesis() {
+        assert_eq!(
+            parse_state_and_parent(b"42 (a (weird) name) R 7 42 42 0 -1"),
+            Some((b'R', 7))
+        );
+        assert_eq!(parse_state_and_parent(b"1 (init) S 0 1 1"), Some((b'S', 0)));
+        assert_eq!(parse_state_and_parent(b"garbage"), None);
+        assert_eq!(parse_state_and_parent(b"5 (x) Z"), None);
+    }
+
+    #[test]
+    fn reads_this_process_with_its_real_parent() {
+        let (state, ppid) = state_and_parent(std::process::id() as i32).expect("own stat");
+        assert_eq!(ppid, nix::unistd::getppid().as_raw());
+        // The main thread's state: this test may run on another thread.
+        assert!(b"RS".contains(&state), "state {}", state as char);
+    }
     use std::process::Command;
 
     #[test]

@@ -46,6 +46,20 @@ pub fn become_forked_zygote(parent_pid: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// This thread's name, as `ps` and `/proc/<pid>/comm` show it for a
+/// process's main thread. (Read from /proc: nix's `prctl::get_name` hands the
+/// kernel a buffer it declares immutable, and optimised builds read zeros.)
+pub fn process_name() -> io::Result<String> {
+    let comm = std::fs::read_to_string("/proc/thread-self/comm")?;
+    Ok(comm.trim_end_matches('\n').to_string())
+}
+
+/// Renames this process (the kernel keeps the first 15 bytes).
+pub fn set_process_name(name: &str) -> io::Result<()> {
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    Ok(prctl::set_name(&name)?)
+}
+
 pub fn read_exact(fd: RawFd, mut buf: &mut [u8]) -> io::Result<bool> {
     // SAFETY: the caller owns the fd for the duration of the call.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
@@ -107,6 +121,19 @@ pub fn write_frame(fd: RawFd, tag: Tag, id: u64, body: &[u8]) -> io::Result<()> 
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_thread_name_round_trips() {
+        // prctl names the calling thread: do it on a thread of our own.
+        std::thread::spawn(|| {
+            set_process_name("deadpool-test").expect("set");
+            assert_eq!(process_name().expect("get"), "deadpool-test");
+            set_process_name("a-name-longer-than-fifteen").expect("set");
+            assert_eq!(process_name().expect("get"), "a-name-longer-t");
+        })
+        .join()
+        .expect("thread");
+    }
 
     #[test]
     fn frames_cross_a_real_pipe() {

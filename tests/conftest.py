@@ -26,9 +26,9 @@ def _leftovers(before: set[int]) -> dict[int, tuple[int, str]]:
     me = os.getpid()
     found = {}
     family = helpers.descendants(me)
-    # The one allowed survivor: the per-process zygote, a direct child of this
-    # process whose command line names it. Only one may survive (the oldest);
-    # a zombie (reaped by nobody) is a leak.
+    # The allowed survivors: the per-process zygote, a direct child of this
+    # process whose command line names it, and its one spare. Only one zygote
+    # may survive (the oldest); a zombie (reaped by nobody) is a leak.
     zygotes = sorted(
         (
             pid
@@ -38,6 +38,12 @@ def _leftovers(before: set[int]) -> dict[int, tuple[int, str]]:
         key=_start_time,
     )
     allowed = set(zygotes[:1])
+    spares = [
+        pid
+        for pid, (ppid, state) in family.items()
+        if ppid in allowed and state not in ("Z", "X") and helpers.is_spare(pid)
+    ]
+    allowed.update(spares[:1])
     for pid, (ppid, state) in family.items():
         if pid not in before and pid not in allowed:
             found[pid] = (ppid, state)
@@ -46,7 +52,8 @@ def _leftovers(before: set[int]) -> dict[int, tuple[int, str]]:
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
-    """Fail the test if it leaves any new descendant process (other than the zygote)."""
+    """Fail the test if it leaves any new descendant process (other than the
+    zygote and its spare)."""
     before = set(helpers.descendants(os.getpid()))
     yield
     deadline = time.monotonic() + LEFTOVER_DEADLINE

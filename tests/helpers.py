@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from deadpool import _worker
 
 from tests import tasks
 
@@ -99,6 +100,19 @@ def zygote_pids(parent: int | None = None) -> list[int]:
         for pid, (ppid, state) in process_table().items()
         if ppid == parent and state not in ("Z", "X") and "zygote" in cmdline(pid)
     ]
+
+
+def process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return ""
+
+
+def is_spare(pid: int) -> bool:
+    """The shared zygote's spare: forked ahead, waiting to become a worker."""
+    return process_name(pid) == _worker.SPARE_NAME
 
 
 def processes_with_env_token(token: str) -> list[int]:

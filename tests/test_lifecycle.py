@@ -12,6 +12,7 @@ import textwrap
 import time
 import uuid
 
+import deadpool
 import pytest
 
 from tests import tasks
@@ -19,7 +20,10 @@ from tests.helpers import (
     Gate,
     describe,
     is_alive,
+    is_spare,
     pool,
+    process_name,
+    process_table,
     processes_with_env_token,
     stats_settle,
     wait_until,
@@ -216,6 +220,53 @@ def test_task_submitted_right_after_zygote_loss_succeeds():
             for pid in zygote_pids():
                 os.kill(pid, signal.SIGKILL)
             assert exe.submit(tasks.square, i + 1).result(timeout=60) == (i + 1) ** 2
+
+
+def _spare_of_the_zygote() -> int | None:
+    """The shared zygote's waiting spare, if it has one."""
+    zygote = deadpool._core.shared_zygote_pid()
+    spares = [
+        pid
+        for pid, (ppid, state) in process_table().items()
+        if ppid == zygote and state not in ("Z", "X") and is_spare(pid)
+    ]
+    assert len(spares) <= 1, f"more than one spare: {spares}"
+    return spares[0] if spares else None
+
+
+def test_a_lost_worker_is_replaced_by_the_waiting_spare():
+    with pool(max_workers=1) as exe:
+        first = exe.submit(tasks.get_pid).result(timeout=30)
+        spare = wait_until(_spare_of_the_zygote, message="the zygote made no spare")
+        assert spare != first
+        died = exe.submit(tasks.exit_with, 3)
+        assert isinstance(died.exception(timeout=30), deadpool.ProcessError)
+        assert exe.submit(tasks.get_pid).result(timeout=30) == spare
+        assert process_name(spare) != "deadpool-spare", "a worker keeps a spare's name"
+        refill = wait_until(_spare_of_the_zygote, message="the spare was not replaced")
+        assert refill not in (first, spare)
+        assert exe.submit(tasks.square, 4).result(timeout=30) == 16
+
+
+def test_a_killed_spare_costs_nothing_and_is_replaced():
+    with pool(max_workers=1, max_tasks_per_child=1) as exe:  # a new worker per task
+        exe.submit(tasks.square, 1).result(timeout=30)
+        spare = wait_until(_spare_of_the_zygote, message="the zygote made no spare")
+        os.kill(spare, signal.SIGKILL)
+        wait_until(lambda: not is_alive(spare), message="the spare survived SIGKILL")
+        assert [exe.submit(tasks.square, i).result(timeout=30) for i in range(3)] == [0, 1, 4]
+        wait_until(lambda: _spare_of_the_zygote() not in (None, spare), message="no new spare")
+
+
+def test_the_spare_dies_with_its_zygote():
+    with pool(max_workers=1) as exe:
+        exe.submit(tasks.square, 1).result(timeout=30)
+        spare = wait_until(_spare_of_the_zygote, message="the zygote made no spare")
+        for pid in zygote_pids():
+            os.kill(pid, signal.SIGKILL)
+        # Orphaned, it would no longer be our descendant: check it by pid.
+        wait_until(lambda: not is_alive(spare), message="the spare outlived its zygote")
+        assert exe.submit(tasks.square, 3).result(timeout=60) == 9
 
 
 PARENT_SCRIPT = textwrap.dedent(

@@ -29,6 +29,7 @@ SCRIPT = r'''
 import concurrent.futures, json, linecache, os, sys, threading, time
 import deadpool
 from tests import stress_tasks
+from tests.helpers import is_spare
 
 
 def announce_when_blocked(main_ident, stop):
@@ -124,7 +125,11 @@ def main(case, directory):
     zygote = deadpool._core.shared_zygote_pid()
     deadline = time.monotonic() + 10
     while True:
-        left = [p for p in deadpool._core.descendants(os.getpid()) if p != zygote and alive(p)]
+        left = [
+            p
+            for p in deadpool._core.descendants(os.getpid())
+            if p != zygote and not is_spare(p) and alive(p)
+        ]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.01)

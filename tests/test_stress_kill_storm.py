@@ -17,7 +17,7 @@ import deadpool
 import pytest
 
 from tests import stress_tasks
-from tests.helpers import describe, is_alive, pool, wait_until
+from tests.helpers import describe, is_alive, is_spare, pool, wait_until
 
 pytestmark = pytest.mark.stress
 
@@ -47,8 +47,13 @@ def _children(pid: int) -> list[int]:
     return [p for p in found if is_alive(p)]
 
 
+def _workers_of(zygote: int) -> list[int]:
+    return [pid for pid in _children(zygote) if not is_spare(pid)]
+
+
 class Killer(threading.Thread):
-    """SIGKILLs a random live child of the zygote every `interval` seconds.
+    """SIGKILLs a random live child of the zygote (a worker, or the spare that
+    waits to become one) every `interval` seconds.
 
     Each pid is recorded *before* the signal is sent, so a future that fails
     can always be matched against the kills."""
@@ -197,7 +202,7 @@ def _kill_zygote_and_a_worker(rng) -> tuple[int, list[int], int | None]:
     must ask for a replacement, hence start a new zygote. Returns (zygote, its
     workers at that moment, the worker killed)."""
     zygote = _shared_zygote()
-    workers = _children(zygote)
+    workers = _workers_of(zygote)
     os.kill(zygote, signal.SIGKILL)
     victim = rng.choice(workers) if workers else None
     if victim is not None:
@@ -274,7 +279,7 @@ def test_zygote_killed_while_idle_then_the_pool_goes_on():
     with pool(max_workers=2) as exe:
         assert exe.submit(stress_tasks.ident, 1).result(timeout=60) == 1
         zygote = _shared_zygote()
-        workers = _children(zygote)
+        workers = _workers_of(zygote)
         assert len(workers) == 2
         os.kill(zygote, signal.SIGKILL)
         wait_until(lambda: not is_alive(zygote), timeout=10)
@@ -298,7 +303,7 @@ def test_zygote_killed_while_idle_then_the_pool_goes_on():
                     outcome,
                 )
         new = _wait_for_new_zygote({zygote})
-        assert set(_children(new)) - set(workers), "no worker from the new zygote"
+        assert set(_workers_of(new)) - set(workers), "no worker from the new zygote"
         futures = [exe.submit(stress_tasks.tagged, i) for i in range(20)]
         assert [f.result(timeout=60)[0] for f in futures] == list(range(20))
     for pid in [zygote, *workers]:

@@ -15,7 +15,7 @@ import deadpool
 import pytest
 
 from tests import stress_tasks
-from tests.helpers import descendants, describe, wait_until
+from tests.helpers import descendants, describe, is_spare, wait_until
 
 pytestmark = pytest.mark.stress
 
@@ -41,14 +41,19 @@ def _rss() -> int:
 
 
 def _family(before: frozenset[int] = frozenset()) -> dict[int, tuple[int, str]]:
-    """Our descendants (zombies included) other than the shared zygote and
-    those in `before` (left by earlier tests: theirs to report, not ours)."""
+    """Our descendants (zombies included) other than the shared zygote, its
+    spare, and those in `before` (left by earlier tests: theirs to report)."""
     zygote = deadpool._core.shared_zygote_pid()
     return {
         pid: info
         for pid, info in descendants(os.getpid()).items()
-        if pid != zygote and pid not in before
+        if pid != zygote and pid not in before and not _live_spare_of(zygote, pid, info)
     }
+
+
+def _live_spare_of(zygote: int | None, pid: int, info: tuple[int, str]) -> bool:
+    ppid, state = info
+    return ppid == zygote and state not in ("Z", "X") and is_spare(pid)
 
 
 def _cycle(k: int, directory: str) -> None:
