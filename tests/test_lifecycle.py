@@ -234,13 +234,18 @@ def _spare_of_the_zygote() -> int | None:
     return spares[0] if spares else None
 
 
+def _lose_a_worker(exe) -> None:
+    died = exe.submit(tasks.exit_with, 3)
+    assert isinstance(died.exception(timeout=30), deadpool.ProcessError)
+
+
 def test_a_lost_worker_is_replaced_by_the_waiting_spare():
     with pool(max_workers=1) as exe:
+        _lose_a_worker(exe)  # from now on the zygote keeps a spare
         first = exe.submit(tasks.get_pid).result(timeout=30)
         spare = wait_until(_spare_of_the_zygote, message="the zygote made no spare")
         assert spare != first
-        died = exe.submit(tasks.exit_with, 3)
-        assert isinstance(died.exception(timeout=30), deadpool.ProcessError)
+        _lose_a_worker(exe)
         assert exe.submit(tasks.get_pid).result(timeout=30) == spare
         assert process_name(spare) != "deadpool-spare", "a worker keeps a spare's name"
         refill = wait_until(_spare_of_the_zygote, message="the spare was not replaced")
@@ -248,9 +253,52 @@ def test_a_lost_worker_is_replaced_by_the_waiting_spare():
         assert exe.submit(tasks.square, 4).result(timeout=30) == 16
 
 
+def test_no_spare_while_no_worker_has_died(tmp_path):
+    # A fresh interpreter: this test process's zygote may have lost workers.
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, time
+            import deadpool
+            from deadpool import _core
+            from tests import tasks
+
+            if __name__ == "__main__":
+                with deadpool.Deadpool(max_workers=2, max_tasks_per_child=1) as exe:
+                    for i in range(6):
+                        assert exe.submit(tasks.square, i).result(timeout=60) == i * i
+                    # Watch for 40 refill delays: a spare would show up.
+                    zygote = _core.shared_zygote_pid()
+                    names = set()
+                    until = time.monotonic() + 0.2
+                    while time.monotonic() < until:
+                        for pid in _core.descendants(zygote):
+                            try:
+                                with open(f"/proc/{pid}/comm") as f:
+                                    names.add(f.read().strip())
+                            except OSError:
+                                pass
+                    print("NAMES", sorted(names), flush=True)
+            """
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("NAMES"))
+    assert "deadpool-spare" not in line, line
+
+
 def test_a_killed_spare_costs_nothing_and_is_replaced():
     with pool(max_workers=1, max_tasks_per_child=1) as exe:  # a new worker per task
-        exe.submit(tasks.square, 1).result(timeout=30)
+        _lose_a_worker(exe)
         spare = wait_until(_spare_of_the_zygote, message="the zygote made no spare")
         os.kill(spare, signal.SIGKILL)
         wait_until(lambda: not is_alive(spare), message="the spare survived SIGKILL")
@@ -260,7 +308,7 @@ def test_a_killed_spare_costs_nothing_and_is_replaced():
 
 def test_the_spare_dies_with_its_zygote():
     with pool(max_workers=1) as exe:
-        exe.submit(tasks.square, 1).result(timeout=30)
+        _lose_a_worker(exe)
         spare = wait_until(_spare_of_the_zygote, message="the zygote made no spare")
         for pid in zygote_pids():
             os.kill(pid, signal.SIGKILL)
