@@ -2,12 +2,13 @@
 
 They live in this importable module (not in the driver's ``__main__``) so every
 start method -- fork, forkserver, spawn, loky's -- pickles them by reference.
+Its imports stay minimal: every worker of every library imports this module,
+and a heavy import (pathlib, say) adds a MiB of private memory to each.
 """
 
 import os
 import signal
 import time
-from pathlib import Path
 
 
 def noop():
@@ -33,7 +34,8 @@ def marked_sleep(marker_dir, index, seconds):
     the deadline, whatever the library does to the worker afterwards.
     """
     started = time.monotonic()
-    Path(marker_dir, str(index)).write_text(repr(started))
+    with open(os.path.join(marker_dir, str(index)), "w") as f:
+        f.write(repr(started))
     time.sleep(seconds)
     return index
 
