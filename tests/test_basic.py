@@ -48,6 +48,30 @@ def test_public_names_exported(name):
     assert name in deadpool.__all__
 
 
+def test_importing_the_package_loads_no_executor_until_used():
+    # Every zygote imports the package (and __main__, which imports it too)
+    # before its first fork: the executor and its imports must wait for use.
+    probe = (
+        "import sys, deadpool\n"
+        "heavy = {'deadpool._executor', 'concurrent.futures', 'logging'} & set(sys.modules)\n"
+        "print(sorted(heavy))\n"
+        "from deadpool import Deadpool, TimeoutError\n"
+        "print(Deadpool.__module__, TimeoutError.__module__, 'Deadpool' in dir(deadpool))\n"
+        "try:\n"
+        "    deadpool.no_such_name\n"
+        "except AttributeError as exc:\n"
+        "    print('AttributeError', exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert out == [
+        "[]",
+        "deadpool._executor deadpool._exceptions True",
+        "AttributeError module 'deadpool' has no attribute 'no_such_name'",
+    ]
+
+
 def test_exception_hierarchy():
     assert issubclass(deadpool.TimeoutError, concurrent.futures.TimeoutError)
     assert issubclass(deadpool.ProcessError, multiprocessing.ProcessError)

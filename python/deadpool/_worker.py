@@ -14,7 +14,6 @@ task to its private result pipe. Frame I/O is in the Rust core.
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import pickle
 import selectors
@@ -24,11 +23,21 @@ import struct
 import sys
 import time
 import traceback
-from typing import Any
 
 from deadpool import _core
 
-logger = logging.getLogger("deadpool")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def _log_exception(message: str, *args: object) -> None:
+    """Log the exception being handled to the ``deadpool`` logger. Imported
+    here, on a failure path: every zygote start would pay for ``logging``."""
+    import logging
+
+    logging.getLogger("deadpool").exception(message, *args)
+
 
 # Frame tags (src/protocol.rs).
 TAG_CONFIG, TAG_TASK, TAG_RETIRE = 1, 2, 3
@@ -116,7 +125,7 @@ def _prepare(preparation: bytes) -> None:
     except BaseException:
         # Tasks that need __main__ will fail with a clear unpickling error;
         # every other task still runs.
-        logger.exception("deadpool zygote could not import the parent's __main__")
+        _log_exception("deadpool zygote could not import the parent's __main__")
     finally:
         preparing = False
 
@@ -398,7 +407,7 @@ def _read_settings(task_fd: int) -> dict[str, Any]:
     try:
         return pickle.loads(body)
     except BaseException:
-        logger.exception("deadpool worker could not load its settings (initializer etc.)")
+        _log_exception("deadpool worker could not load its settings (initializer etc.)")
         return {}
 
 
@@ -412,7 +421,7 @@ def _initialise(settings: dict[str, Any]) -> None:
             initializer(*settings.get("initargs", ()))
         except BaseException:
             # As in the original: the worker still serves tasks.
-            logger.exception("deadpool worker initializer %r failed", initializer)
+            _log_exception("deadpool worker initializer %r failed", initializer)
 
 
 def run_task(body: bytes) -> tuple[int, bytes]:
@@ -469,11 +478,11 @@ def _retire(settings: dict[str, Any]) -> None:
         try:
             finalizer(*settings.get("finalargs", ()))
         except BaseException:
-            logger.exception("deadpool worker finalizer %r failed", finalizer)
+            _log_exception("deadpool worker finalizer %r failed", finalizer)
     try:
         atexit._run_exitfuncs()
     except BaseException:
-        logger.exception("deadpool worker atexit handlers failed")
+        _log_exception("deadpool worker atexit handlers failed")
     _core.kill_descendants(os.getpid())
 
 
