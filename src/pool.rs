@@ -348,10 +348,20 @@ fn completion_loop(
     callbacks: Callbacks,
 ) {
     let ran = Python::try_attach(|py| {
-        while let Some(batch) = py.detach(|| next_batch(&events)) {
-            if deliver(py, batch, &callbacks, shared, &commands) {
-                shared.waker.wake();
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            while let Some(batch) = py.detach(|| next_batch(&events)) {
+                if deliver(py, batch, &callbacks, shared, &commands) {
+                    shared.waker.wake();
+                }
             }
+        }));
+        if served.is_err() {
+            // Nobody would deliver outcomes any more: refuse new tasks, stop
+            // the workers, and fail what is waiting (below), not hang it.
+            log::error!("the deadpool completion thread failed; closing the pool");
+            shared.backlog.close(true);
+            let _ = commands.send(Command::Shutdown { kill_running: true });
+            shared.waker.wake();
         }
         // Normally nothing is left; after an internal failure, every future
         // still waiting gets an exception instead of hanging.
