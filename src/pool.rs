@@ -529,3 +529,32 @@ fn fork_zygote(
     drop(child_end);
     result.extract::<i32>(py).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_starts_whose_outcome_is_in_the_same_batch_are_folded() {
+        let batch = vec![
+            Event::Started {
+                task_id: 1,
+                pid: 10,
+            },
+            Event::Started {
+                task_id: 2,
+                pid: 11,
+            },
+            Event::Finished {
+                task_id: 1,
+                outcome: Outcome::TimedOut,
+            },
+            Event::Finished {
+                task_id: 3,
+                outcome: Outcome::Cancelled,
+            },
+        ];
+        let folded = started_and_finished(&batch);
+        assert_eq!(folded.keys().copied().collect::<Vec<_>>(), vec![1]);
+    }
+}

@@ -271,3 +271,24 @@ def test_stdlib_as_completed_works_with_deadpool_futures():
         futs = [exe.submit(tasks.square, i) for i in range(10)]
         results = sorted(f.result() for f in concurrent.futures.as_completed(futs, timeout=60))
     assert results == [i * i for i in range(10)]
+
+
+def test_future_has_every_attribute_of_the_stdlib_future():
+    # deadpool.Future sets the stdlib's attributes itself (with a leaner
+    # condition): a Python that adds one must fail here, not in production.
+    ours, theirs = vars(deadpool.Future()), vars(concurrent.futures.Future())
+    assert set(theirs) <= set(ours), set(theirs) - set(ours)
+    assert isinstance(ours["_condition"], threading.Condition)
+
+
+def test_result_waits_across_threads_and_times_out():
+    fut = deadpool.Future()
+    with pytest.raises(concurrent.futures.TimeoutError):
+        fut.result(timeout=0.01)
+    setter = threading.Timer(0.05, fut.set_result, args=(7,))
+    setter.start()
+    try:
+        assert fut.result(timeout=30) == 7
+        assert concurrent.futures.wait([fut], timeout=0).done == {fut}
+    finally:
+        setter.join(30)

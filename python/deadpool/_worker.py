@@ -2,10 +2,10 @@
 
 A zygote is a single-threaded Python process. It imports the user's ``__main__``
 once (as the stdlib's forkserver does) and forks a worker per request from the
-pool; the shared zygote keeps one spare forked ahead, so that replacing a lost
-worker needs no fork. It reaps its workers and reports each real exit status to the pool, and
-when its control socket reaches EOF (the parent died) it kills everything below
-it and exits.
+pool; once a worker has died, the shared zygote also keeps a spare forked ahead,
+so that replacing the next lost worker needs no fork. It reaps its workers and
+reports each real exit status to the pool, and when its control socket reaches
+EOF (the parent died) it kills everything below it and exits.
 
 A worker reads frames from its private task pipe and writes one result frame per
 task to its private result pipe. Frame I/O is in the Rust core.
@@ -28,6 +28,7 @@ from deadpool import _core
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 
@@ -266,7 +267,7 @@ class _Zygote:
         theirs.close()
         self.spare = _Spare(pid, ours)
 
-    def run_child(self, body: Any) -> None:
+    def run_child(self, body: Callable[[], None]) -> None:
         """In a forked child: run ``body``, then exit; never returns."""
         code = 0
         try:
@@ -300,6 +301,8 @@ class _Zygote:
             return  # the zygote is gone
         sock.close()
         if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
             return  # the zygote is gone (EOF)
         _core.set_process_name(name)
         signal.signal(signal.SIGINT, signal.default_int_handler)
