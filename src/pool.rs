@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 /// How often a blocked call comes back to Python to check for signals.
 const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// Results at least this large reach Python in their frame buffer, uncopied.
+const LEND_RESULTS_FROM: usize = 64 << 10;
 /// The most events handed to Python in one call.
 const MAX_BATCH: usize = 4096;
 
@@ -494,7 +496,12 @@ fn finished_item<'py>(
     outcome: Outcome,
     buffers: &Arc<BufferPool>,
 ) -> PyResult<Bound<'py, PyTuple>> {
+    // A large result is lent to Python in its recycled buffer; a small one is
+    // cheaper to copy into bytes than to wrap in a buffer object.
     let frame = |bytes: Vec<u8>| -> PyResult<Bound<'py, PyAny>> {
+        if bytes.len() < LEND_RESULTS_FROM {
+            return Ok(PyBytes::new(py, &bytes).into_any());
+        }
         Ok(Bound::new(py, ResultBuffer::new(bytes, Arc::clone(buffers)))?.into_any())
     };
     let (kind, payload) = match outcome {
