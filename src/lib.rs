@@ -6,6 +6,7 @@ mod buffers;
 mod deadline;
 mod events;
 mod exit_status;
+mod fork_reset;
 mod killer;
 mod memory;
 mod pool;

@@ -12,7 +12,7 @@
 //! the worker's pid and, once it has reaped the worker, its real wait status.
 //! The control socket is also the zygote's lifeline: EOF means the parent died.
 
-use crate::backlog::lock;
+use crate::fork_reset::ForkResetMutex;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::socket::{
     sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
@@ -24,7 +24,6 @@ use std::io::{self, IoSlice, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::Mutex;
 
 /// Pipe capacity we ask for: large frames then cross in few wake-ups.
 const PIPE_CAPACITY: libc::c_int = 1 << 20;
@@ -184,7 +183,7 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 }
 
 /// The zygote shared by every pool of this process (the default start method).
-static SHARED: Mutex<Option<Zygote>> = Mutex::new(None);
+static SHARED: ForkResetMutex<Option<Zygote>> = ForkResetMutex::new();
 
 /// Requests a worker from the shared zygote, starting (or restarting) it as
 /// needed. Losing the zygote therefore never breaks a pool: the next request
@@ -195,7 +194,7 @@ pub fn request_shared_worker(
     launch: &ZygoteLaunch,
     notes: &mut Vec<String>,
 ) -> io::Result<(WorkerChannels, i32)> {
-    let mut shared = lock(&SHARED);
+    let mut shared = SHARED.lock();
     if let Some(zygote) = shared.as_ref() {
         if zygote.owner_pid != std::process::id() {
             // Inherited through os.fork(): that zygote belongs to our parent.
@@ -226,19 +225,19 @@ pub fn request_shared_worker(
 /// Shared zygotes that are gone but not yet reaped. A broken control socket
 /// closes a moment before the process becomes reapable, so one look is not
 /// enough; they are looked at again until reaped, so none stays a zombie.
-static GRAVEYARD: Mutex<Vec<Zygote>> = Mutex::new(Vec::new());
+static GRAVEYARD: ForkResetMutex<Vec<Zygote>> = ForkResetMutex::new();
 
 fn bury(zygote: Zygote) {
     // Its lifeline is broken either way; make sure it is really going.
     let _ = nix::sys::signal::kill(Pid::from_raw(zygote.pid), nix::sys::signal::Signal::SIGKILL);
     if !zygote.try_reap() {
-        lock(&GRAVEYARD).push(zygote);
+        GRAVEYARD.lock().push(zygote);
     }
 }
 
 /// Reaps dead zygotes; true when none is left waiting to be reaped.
 pub fn reap_graveyard() -> bool {
-    let mut graveyard = lock(&GRAVEYARD);
+    let mut graveyard = GRAVEYARD.lock();
     graveyard.retain(|zygote| !zygote.try_reap());
     graveyard.is_empty()
 }
@@ -247,7 +246,7 @@ pub fn reap_graveyard() -> bool {
 /// exit record): if it is still the current one, the next request starts a new
 /// one, and it waits in the graveyard to be reaped.
 pub fn bury_shared(pid: i32) {
-    let mut shared = lock(&SHARED);
+    let mut shared = SHARED.lock();
     if shared.as_ref().is_some_and(|zygote| zygote.pid == pid) {
         if let Some(dead) = shared.take() {
             drop(shared);
@@ -258,14 +257,16 @@ pub fn bury_shared(pid: i32) {
 
 /// The pid of the shared zygote, if one is running.
 pub fn shared_zygote_pid() -> Option<i32> {
-    lock(&SHARED).as_ref().map(Zygote::pid)
+    SHARED.lock().as_ref().map(Zygote::pid)
 }
 
-/// In a child made by `os.fork()`: drop the inherited handle so that the
-/// parent's zygote sees its lifeline close when the parent dies. `try_lock`
-/// because a lock held by another thread at fork time is never released here.
+/// In a child made by `os.fork()`: start with fresh locks (one held by
+/// another thread at fork time would never be released here) and drop the
+/// inherited handle, so that the parent's zygote sees its lifeline close when
+/// the parent dies. (If the lock was held, the handle is leaked with it: the
+/// parent's zygote then also waits for this child to exit.) The graveyard's
+/// zygotes are the parent's children, not ours to reap.
 pub fn forget_shared_after_fork() {
-    if let Ok(mut shared) = SHARED.try_lock() {
-        *shared = None;
-    }
+    drop(SHARED.reset_after_fork());
+    drop(GRAVEYARD.reset_after_fork());
 }
