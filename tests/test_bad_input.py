@@ -76,6 +76,13 @@ def test_min_workers_zero_is_fine():
         ),
         pytest.param(
             (tasks.square, 1),
+            dict(deadpool_timeout=10**400),
+            ValueError,
+            "deadpool_timeout",
+            id="timeout-beyond-float",
+        ),
+        pytest.param(
+            (tasks.square, 1),
             dict(deadpool_priority=-1),
             ValueError,
             "deadpool_priority",

@@ -135,6 +135,7 @@ CALL_CASES = [
     pytest.param(_map(ident, [1], chunksize=0), ValueError, "chunksize", id="map-chunksize=0"),
     pytest.param(_map(ident, [1], chunksize=None), TypeError, "chunksize", id="map-chunksize=None"),
     pytest.param(_map(ident, [1], timeout="1"), TypeError, "timeout", id="map-timeout=str"),
+    pytest.param(_map(ident, [1], timeout=-1), ValueError, "timeout", id="map-timeout<0"),
     pytest.param(_pid_callback(None), TypeError, "fn", id="add_pid_callback(None)"),
     pytest.param(_pid_callback(42), TypeError, "fn", id="add_pid_callback(42)"),
 ]

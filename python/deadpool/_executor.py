@@ -209,12 +209,7 @@ class Deadpool(concurrent.futures.Executor):
         """Like ``Executor.map``; with ``chunksize > 1`` each task runs a chunk of calls."""
         chunksize = _positive_int("chunksize", chunksize)
         if timeout is not None:
-            if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool):
-                raise TypeError(
-                    f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
-                )
-            if math.isnan(timeout) or timeout < 0:
-                raise ValueError(f"timeout must be >= 0, got {timeout}")
+            _seconds("timeout", timeout)
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         if chunksize == 1:
@@ -406,18 +401,27 @@ def _as_tuple(name: str, value: Any) -> tuple[Any, ...]:
 def _check_timeout(timeout: Any) -> float | None:
     if timeout is None:
         return None
-    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool):
-        raise TypeError(
-            f"deadpool_timeout must be a number of seconds or None, not {type(timeout).__name__}"
-        )
-    timeout = float(timeout)
-    if math.isinf(timeout) and timeout > 0:
+    timeout = _seconds("deadpool_timeout", timeout)
+    if math.isinf(timeout):
         return None
-    if math.isnan(timeout) or not 0 <= timeout <= _MAX_TIMEOUT:
+    if timeout > _MAX_TIMEOUT:
         raise ValueError(
             f"deadpool_timeout must be between 0 and {_MAX_TIMEOUT:.3g} s, got {timeout}"
         )
     return timeout
+
+
+def _seconds(name: str, value: Any) -> float:
+    """A non-negative number of seconds (infinity allowed), as a float."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large to be a number of seconds") from None
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return seconds
 
 
 def _check_priority(priority: Any) -> int:
