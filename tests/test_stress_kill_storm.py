@@ -79,6 +79,22 @@ class Killer(threading.Thread):
                 pass
 
 
+def _under_kill_storm(submit_all) -> tuple[list, list[int]]:
+    """Submit under a storm of SIGKILLs to the zygote's children; wait until
+    every future resolves (failing the test if one does not in time). Returns
+    the futures and the pids killed, in order."""
+    killer = Killer(_shared_zygote(), KILL_INTERVAL)
+    killer.start()
+    try:
+        futures = submit_all()
+        _, not_done = concurrent.futures.wait(futures, timeout=RESOLVE_DEADLINE)
+    finally:
+        killer.stop.set()
+        killer.join(30)
+    assert not not_done, f"{len(not_done)} of {len(futures)} futures never resolved"
+    return futures, killer.killed
+
+
 def _shared_zygote() -> int:
     pid = deadpool._core.shared_zygote_pid()
     assert pid is not None and is_alive(pid), f"no live shared zygote ({pid})"
@@ -118,24 +134,18 @@ def test_kill_storm_costs_only_the_tasks_on_killed_workers():
         # Warm up: the zygote and all workers exist before the storm starts.
         warm = [exe.submit(stress_tasks.tagged, i, 0.05) for i in range(STORM_WORKERS)]
         assert [f.result(timeout=60)[0] for f in warm] == list(range(STORM_WORKERS))
-        killer = Killer(_shared_zygote(), KILL_INTERVAL)
-        killer.start()
-        try:
-            futures = [exe.submit(stress_tasks.tagged, i, 0.001) for i in range(STORM_TASKS)]
-            done, not_done = concurrent.futures.wait(futures, timeout=RESOLVE_DEADLINE)
-        finally:
-            killer.stop.set()
-            killer.join(30)
-        assert not not_done, f"{len(not_done)} of {STORM_TASKS} futures never resolved"
-        killed = set(killer.killed)
+        futures, kills = _under_kill_storm(
+            lambda: [exe.submit(stress_tasks.tagged, i, 0.001) for i in range(STORM_TASKS)]
+        )
+        killed = set(kills)
         ok, failed, innocent = _check_outcomes(futures, killed)
         print(
-            f"\nkill storm: {len(killer.killed)} kills ({len(killed)} distinct pids), "
-            f"{len(done)}/{STORM_TASKS} futures resolved, {ok} ok, {failed} ProcessError, "
+            f"\nkill storm: {len(kills)} kills ({len(killed)} distinct pids), "
+            f"{STORM_TASKS}/{STORM_TASKS} futures resolved, {ok} ok, {failed} ProcessError, "
             f"{len(innocent)} of them innocent"
         )
         _assert_no_innocent(innocent)
-        assert len(killer.killed) >= 50, "the storm hardly killed anything; the test proves little"
+        assert len(kills) >= 50, "the storm hardly killed anything; the test proves little"
         assert ok + failed == STORM_TASKS
         # Afterwards: 100 fresh tasks all succeed.
         fresh = [exe.submit(stress_tasks.tagged, i) for i in range(100)]
@@ -155,19 +165,13 @@ BIG = 3 * MiB // 2
 def test_kill_storm_while_large_frames_are_in_flight():
     with pool(max_workers=2, max_backlog=4) as exe:
         assert exe.submit(stress_tasks.ident, 0).result(timeout=60) == 0
-        killer = Killer(_shared_zygote(), KILL_INTERVAL)
-        killer.start()
-        try:
-            futures = [
+        futures, kills = _under_kill_storm(
+            lambda: [
                 exe.submit(stress_tasks.big_roundtrip, i, bytes([i % 251]) * BIG)
                 for i in range(BIG_TASKS)
             ]
-            done, not_done = concurrent.futures.wait(futures, timeout=RESOLVE_DEADLINE)
-        finally:
-            killer.stop.set()
-            killer.join(30)
-        assert not not_done, f"{len(not_done)} of {BIG_TASKS} futures never resolved"
-        killed = set(killer.killed)
+        )
+        killed = set(kills)
         ok = failed = 0
         innocent = []
         for i, fut in enumerate(futures):
@@ -182,8 +186,8 @@ def test_kill_storm_while_large_frames_are_in_flight():
                 if not isinstance(exc, deadpool.ProcessError) or fut.pid not in killed:
                     innocent.append((i, fut.pid, repr(exc)))
         print(
-            f"\nkill storm, large frames: {len(killer.killed)} kills, "
-            f"{len(done)}/{BIG_TASKS} resolved, {ok} ok, {failed} ProcessError, "
+            f"\nkill storm, large frames: {len(kills)} kills, "
+            f"{BIG_TASKS}/{BIG_TASKS} resolved, {ok} ok, {failed} ProcessError, "
             f"{len(innocent)} of them innocent"
         )
         _assert_no_innocent(innocent)
