@@ -2,14 +2,16 @@
 
 Each adapter uses its library's normal public API. Libraries are imported
 lazily in ``load()`` so that run.py can read the catalogue below without
-importing any pool, and so that the two packages named ``deadpool`` (ours and
-the original) only ever meet in different interpreters.
+importing any pool, and so that the packages named ``deadpool`` (ours, the
+--baseline build of ours, and the original) only ever meet in different
+interpreters.
 """
 
 import importlib.metadata
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class Adapter:
@@ -36,8 +38,8 @@ class DeadpoolAdapter(Adapter):
 
     timeouts = True
 
-    def __init__(self, ours, max_backlog=None):
-        self.ours = ours
+    def __init__(self, kind, max_backlog=None):
+        self.kind = kind  # "ours", "baseline" (an earlier build of ours) or "original"
         self.max_backlog = max_backlog  # None keeps the library's default
 
     def load(self):
@@ -48,16 +50,23 @@ class DeadpoolAdapter(Adapter):
         return getattr(deadpool, "__version__", "?")
 
     def _check_identity(self, mod):
-        # Both packages are called deadpool; a wrong sys.path would silently
-        # benchmark one as the other. Ours has the native _core, the original not.
+        # Three packages are called deadpool; a wrong sys.path would silently
+        # benchmark one as another. Ours and the baseline have the native _core,
+        # the original not.
         try:
             importlib.import_module("deadpool._core")
             has_core = True
         except ImportError:
             has_core = False
-        if has_core != self.ours:
-            want = "ours (with deadpool._core)" if self.ours else "the original (no _core)"
+        original = self.kind == "original"
+        if has_core == original:
+            want = "the original (no _core)" if original else "our deadpool (with _core)"
             raise RuntimeError(f"imported {mod.__file__}, which is not {want}")
+        # Ours may be an editable install anywhere, but the baseline is a wheel
+        # installed into its own venv: a deadpool with _core from anywhere else
+        # came in on an inherited path, most likely ours.
+        if self.kind == "baseline" and not _inside(mod.__file__, sys.prefix):
+            raise RuntimeError(f"imported {mod.__file__}, not the baseline build in {sys.prefix}")
 
     def make(self, workers):
         kwargs = {} if self.max_backlog is None else {"max_backlog": self.max_backlog}
@@ -67,6 +76,10 @@ class DeadpoolAdapter(Adapter):
         if timeout is None:
             return pool.submit(fn, *args)
         return pool.submit(fn, *args, deadpool_timeout=timeout)
+
+
+def _inside(path, directory):
+    return Path(path).resolve().is_relative_to(Path(directory).resolve())
 
 
 class StdlibAdapter(Adapter):
@@ -130,39 +143,52 @@ class LokyAdapter(Adapter):
 @dataclass(frozen=True)
 class Impl:
     name: str
-    env: str  # "ours" (the interpreter running run.py), "peers" or "original"
+    env: str  # "ours" (the interpreter running run.py), "peers", "original" or "baseline"
     description: str
     factory: Callable[[], Adapter]
     variant: bool = False  # a non-default setting, run only where it matters
 
 
+BUILD_SUFFIX = "-baseline"  # the twin of one of our settings on the --baseline build
+
+
+def _ours(name, description, max_backlog=None, variant=False):
+    """One setting of our deadpool, and its twin on the --baseline build, so that
+    every setting of ours can be compared with the same setting before a change."""
+    yield Impl(name, "ours", description, lambda: DeadpoolAdapter("ours", max_backlog), variant)
+    yield Impl(
+        name + BUILD_SUFFIX,
+        "baseline",
+        f"the --baseline build of deadpool, same settings as {name}",
+        lambda: DeadpoolAdapter("baseline", max_backlog),
+        variant,
+    )
+
+
 IMPLS = {
     impl.name: impl
     for impl in [
-        Impl(
+        *_ours(
             "deadpool",
-            "ours",
             "deadpool (ours, Rust core), default max_backlog=5: submit blocks when 5 wait",
-            lambda: DeadpoolAdapter(ours=True),
         ),
-        Impl(
+        *_ours(
             "deadpool-bl0",
-            "ours",
             "deadpool (ours) with max_backlog=0: unbounded backlog, submit never blocks",
-            lambda: DeadpoolAdapter(ours=True, max_backlog=0),
+            max_backlog=0,
             variant=True,
         ),
         Impl(
             "original",
             "original",
             "deadpool-executor from PyPI (the original, pure Python), default max_backlog=1000",
-            lambda: DeadpoolAdapter(ours=False),
+            lambda: DeadpoolAdapter("original"),
         ),
         Impl(
             "original-bl0",
             "original",
             "the original with max_backlog=0: unbounded backlog",
-            lambda: DeadpoolAdapter(ours=False, max_backlog=0),
+            lambda: DeadpoolAdapter("original", max_backlog=0),
             variant=True,
         ),
         Impl(

@@ -4,7 +4,7 @@ ratio tables, the issue's targets, and the "Where the time goes" section."""
 import statistics
 from dataclasses import dataclass
 
-from adapters import BASELINE, IMPLS, ORIGINAL
+from adapters import BASELINE, BUILD_SUFFIX, IMPLS, ORIGINAL
 
 DASH = "\N{EN DASH}"
 
@@ -57,6 +57,15 @@ METRICS = {
         Metric("processes", "processes"),
         Metric("driver_pss_mib", "driver's own PSS MiB (not counted)"),
     ],
+}
+
+# Compared between ours and the --baseline build: the per-task costs a change to
+# the hot path moves. The other workloads are dominated by sleeps, kills and
+# process start-up, where a small slowdown drowns in the noise.
+BUILD_METRICS = {
+    "throughput": ["tasks_per_s", "cpu_us_per_task"],
+    "latency": ["median_us", "p99_us"],
+    "payload": ["mib_s_each_way", "cpu_ms_per_task"],
 }
 
 # Result fields that are not numbers but worth a note under the table.
@@ -230,10 +239,41 @@ def ratio_section(results, baseline, title):
             base = median(results, workload, baseline, m.key)
             if not base or status(results[workload].get(baseline, [])) != "ok":
                 continue  # the baseline has no comparable number (n/a, broke, failed)
-            row = [f"{workload}: {m.title} ({'↑' if m.better == 'up' else '↓'} better)"]
+            row = [_label(workload, m)]
             row += [_ratio_cell(results, workload, impl, m.key, base) for impl in impls]
             rows.append(row)
     return "\n".join([f"## {title}", "", table(header, rows)])
+
+
+def _label(workload, metric):
+    return f"{workload}: {metric.title} ({'↑' if metric.better == 'up' else '↓'} better)"
+
+
+def build_section(results):
+    """Each setting of ours / the same setting on the --baseline build, or None
+    without a baseline build in this run."""
+    pairs = [
+        (name.removesuffix(BUILD_SUFFIX), name)
+        for name, impl in IMPLS.items()
+        if impl.env == "baseline" and any(name in per for per in results.values())
+    ]
+    if not pairs:
+        return None
+    header = ["metric", *(f"{ours} / {base}" for ours, base in pairs)]
+    rows = []
+    for workload, keys in BUILD_METRICS.items():
+        for m in (m for m in METRICS[workload] if m.key in keys and workload in results):
+            row = [_label(workload, m)]
+            row += [_pair_ratio(results, workload, ours, base, m.key) for ours, base in pairs]
+            rows.append(row)
+    return "\n".join(["## Ratios against the baseline build", "", table(header, rows)])
+
+
+def _pair_ratio(results, workload, ours, base, key):
+    base_value = median(results, workload, base, key)
+    if not base_value or status(results[workload].get(base, [])) != "ok":
+        return DASH  # the baseline has no comparable number
+    return _ratio_cell(results, workload, ours, key, base_value)
 
 
 def _ratio_cell(results, workload, impl, key, base):
@@ -301,6 +341,8 @@ def render(results, descriptions, header_lines, time_split=TIME_SPLIT_TEMPLATE):
         parts += [workload_section(workload, descriptions[workload], per_impl), ""]
     parts += [ratio_section(results, BASELINE, "Ratios against ProcessPoolExecutor (forkserver)")]
     parts += ["", ratio_section(results, ORIGINAL, "Ratios against the original deadpool")]
+    build = build_section(results)
+    parts += ["", build] if build else []
     parts += ["", targets_section(results), "", time_split.rstrip(), ""]
     return "\n".join(parts)
 

@@ -1,14 +1,17 @@
 """Benchmark deadpool side by side with its peers, in one run.
 
     python benchmarks/run.py [--quick] [--out FILE] [--impls a,b] [--workloads x,y] [--reps N]
+                             [--baseline WHEEL_OR_DIR]
 
 Run it with an interpreter that has our deadpool installed (``nox -s bench``
 does). It makes or reuses two venvs beside this file, one with pebble and loky,
 one with the original deadpool-executor, all from PyPI; the stdlib pools run in
 the calling interpreter. Every (workload, repetition, implementation) is one
 driver subprocess with a deadline; implementations alternate within each
-repetition. Markdown goes to stdout, one progress line per step to stderr. A
-full run also writes benchmarks/RESULTS.md (or --out FILE).
+repetition. With --baseline, an earlier build of ours (a wheel, or a source
+checkout to build one from) runs beside ours from a third venv, and the report
+adds ours / baseline ratios. Markdown goes to stdout, one progress line per step
+to stderr. A full run also writes benchmarks/RESULTS.md (or --out FILE).
 """
 
 import argparse
@@ -98,6 +101,11 @@ def parse_args(argv):
     parser.add_argument("--impls", help="comma-separated subset of: " + ",".join(IMPLS))
     parser.add_argument("--workloads", help="comma-separated subset of: " + ",".join(FULL))
     parser.add_argument("--reps", type=int, help="repetitions of every workload")
+    parser.add_argument(
+        "--baseline",
+        metavar="WHEEL_OR_DIR",
+        help="also run an earlier build of deadpool: a wheel, or a source checkout to build",
+    )
     return parser.parse_args(argv)
 
 
@@ -105,10 +113,12 @@ def plan(args, ours_ok):
     """The workloads (with parameters, reps, deadline) and implementations to run."""
     config = QUICK if args.quick else FULL
     workloads = args.workloads.split(",") if args.workloads else list(config)
-    impls = args.impls.split(",") if args.impls else list(IMPLS)
+    impls = args.impls.split(",") if args.impls else default_impls(args.baseline)
     unknown = [w for w in workloads if w not in config] + [i for i in impls if i not in IMPLS]
     if unknown:
         sys.exit(f"unknown workload or implementation: {', '.join(unknown)}")
+    if not args.baseline and any(IMPLS[i].env == "baseline" for i in impls):
+        sys.exit("the -baseline implementations need --baseline WHEEL_OR_DIR")
     if not ours_ok:
         log("WARNING: our deadpool is not importable here; its rows say 'not installed'")
     steps = {}
@@ -116,6 +126,11 @@ def plan(args, ours_ok):
         params, reps, deadline = config[w]
         steps[w] = (params, args.reps or reps, deadline)
     return steps, impls
+
+
+def default_impls(baseline):
+    """Every implementation; the baseline build's only when there is one."""
+    return [name for name, impl in IMPLS.items() if baseline or impl.env != "baseline"]
 
 
 def impls_for(workload, impls, variants):
@@ -181,7 +196,15 @@ def progress(done, total, workload, rep, reps, impl, outcome):
     )
 
 
-def machine_lines(args):
+def describe_baseline(wheel_or_dir):
+    """Register the baseline build; say which it is, down to the commit if we build it."""
+    line = envs.add_baseline(wheel_or_dir, log)
+    if Path(wheel_or_dir).is_dir():
+        line += f", built from {wheel_or_dir} at {_source_revision(wheel_or_dir)}"
+    return line
+
+
+def machine_lines(args, baseline):
     return [
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- machine: {len(os.sched_getaffinity(0))} cores usable ({os.cpu_count()} online), "
@@ -189,7 +212,8 @@ def machine_lines(args):
         f"- Python: {platform.python_implementation()} {platform.python_version()} "
         f"({sys.executable})",
         f"- kernel: {platform.system()} {platform.release()}",
-        f"- source: {_source_revision()}",
+        f"- source: {_source_revision(HERE.parent)}",
+        *([f"- baseline build (--baseline): {baseline}"] if baseline else []),
         f"- command: `{shlex.join(['python', 'benchmarks/run.py', *sys.argv[1:]])}`"
         + (" (quick mode: fewer tasks and repetitions)" if args.quick else ""),
         f"- every number is the median over the repetitions, (min{report.DASH}max) beside it; the "
@@ -197,17 +221,17 @@ def machine_lines(args):
     ]
 
 
-def _source_revision():
+def _source_revision(root):
     """Which commit of deadpool was measured, so a result can be traced back."""
 
     def git(*args):
-        done = subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True)
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD")
     if not commit:
         return "not a git checkout"
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "../src", "../python")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "python")
     return f"commit {commit}" + (" with uncommitted changes in src/ or python/" if dirty else "")
 
 
@@ -253,6 +277,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _interrupt)
     ours_ok = envs.ours_importable()
     steps, impls = plan(args, ours_ok)
+    baseline = describe_baseline(args.baseline) if args.baseline else None
     for env in sorted({IMPLS[i].env for i in impls} - {"ours"}):
         envs.ensure(env, log)
     try:
@@ -269,7 +294,7 @@ def main(argv=None):
         w: f"{DESCRIPTIONS[w].format(**params)} Repetitions: {reps}; deadline per run: {dl} s."
         for w, (params, reps, dl) in steps.items()
     }
-    text = report.render(results, descriptions, machine_lines(args), time_split)
+    text = report.render(results, descriptions, machine_lines(args, baseline), time_split)
     print(text)
     write_report(args, text, ours_ok)
 
