@@ -21,15 +21,26 @@ nox.options.error_on_missing_interpreters = True
 
 LINT_PATHS = ["python", "tests", "benchmarks", "examples", "noxfile.py"]
 RUFF = "ruff==0.17.6"
+MYPY = "mypy==2.4.1"
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Ruff lint and format check over all Python code."""
+    """Ruff lint and format check over all Python code; the ``_core`` stub
+    checked against the built module."""
     session.install(RUFF)
     session.run("ruff", "--version")
     session.run("ruff", "check", *LINT_PATHS)
     session.run("ruff", "format", "--check", *LINT_PATHS)
+    session.install(".", MYPY)
+    session.run(
+        "python",
+        "-m",
+        "mypy.stubtest",
+        "deadpool._core",
+        "--allowlist",
+        "tests/stubtest-allowlist.txt",
+    )
 
 
 def _python_runtime_env() -> dict[str, str]:
@@ -58,8 +69,9 @@ def rust(session: nox.Session) -> None:
     session.log(f"LD_LIBRARY_PATH={env.get('LD_LIBRARY_PATH', '')}")
     session.run("cargo", "--version", external=True)
     session.run("cargo", "fmt", "--check", external=True)
-    session.run("cargo", "clippy", "--all-targets", "--", "-D", "warnings", env=env, external=True)
-    session.run("cargo", "test", env=env, external=True)
+    clippy = ["cargo", "clippy", "--locked", "--all-targets", "--", "-D", "warnings"]
+    session.run(*clippy, env=env, external=True)
+    session.run("cargo", "test", "--locked", env=env, external=True)
 
 
 @nox.session

@@ -4,6 +4,7 @@
 //! the key is `(priority, id)` with ids handed out in submit order. A `BTreeMap`
 //! (rather than a heap) lets a pending task be cancelled in O(log n).
 
+use crate::os::sync::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -41,13 +42,6 @@ pub struct Backlog {
     bound: usize,
 }
 
-/// A panic elsewhere must not wedge the pool, so a poisoned lock is still used.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Backlog {
     pub fn new(bound: usize) -> Self {
         Backlog {
@@ -72,20 +66,22 @@ impl Backlog {
         Ok(())
     }
 
-    /// Blocks up to `timeout` until there may be room (or the backlog closed).
-    /// Callers re-try `push`; waking spuriously is harmless.
-    pub fn wait_for_space(&self, timeout: Duration) {
+    /// Blocks up to `timeout` until there may be room (or the backlog closed);
+    /// false if the time ran out first. Callers re-try `push`; waking
+    /// spuriously is harmless.
+    pub fn wait_for_space(&self, timeout: Duration) -> bool {
         let mut queue = lock(&self.queue);
         let has_room = |q: &Queue| q.closed || self.bound == 0 || q.tasks.len() < self.bound;
         if has_room(&queue) {
-            return;
+            return true;
         }
         queue.blocked_submitters += 1;
-        let (mut queue, _) = self
+        let (mut queue, waited) = self
             .space
             .wait_timeout_while(queue, timeout, |q| !has_room(q))
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         queue.blocked_submitters -= 1;
+        !waited.timed_out()
     }
 
     /// The next task to run: lowest priority value, then earliest submitted.
@@ -150,7 +146,6 @@ impl Backlog {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::time::Instant;
 
     fn task(id: u64, priority: u64) -> Task {
         Task {
@@ -251,10 +246,8 @@ mod tests {
                 free(&backlog)
             })
         };
-        let start = Instant::now();
-        backlog.wait_for_space(Duration::from_secs(10));
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            backlog.wait_for_space(Duration::from_secs(10)),
             "woken by the freed slot, not the timeout"
         );
         assert!(consumer.join().expect("join"));
@@ -272,7 +265,10 @@ mod tests {
                 backlog.close(false);
             })
         };
-        backlog.wait_for_space(Duration::from_secs(10));
+        assert!(
+            backlog.wait_for_space(Duration::from_secs(10)),
+            "woken by close, not the timeout"
+        );
         closer.join().expect("join");
         assert!(matches!(
             backlog.push(task(2, 0), true),

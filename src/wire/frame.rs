@@ -8,7 +8,7 @@
 //! supervisor only ever does non-blocking reads: a slow or dead worker can leave
 //! a frame half-written and the supervisor must simply come back later.
 
-use crate::buffers::BufferPool;
+use crate::parent::buffers::BufferPool;
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 
@@ -36,15 +36,28 @@ pub enum Tag {
 }
 
 impl Tag {
+    pub const ALL: [Tag; 6] = [
+        Tag::Config,
+        Tag::Task,
+        Tag::Retire,
+        Tag::Ready,
+        Tag::Ok,
+        Tag::Err,
+    ];
+
     pub fn from_byte(byte: u8) -> Option<Tag> {
-        match byte {
-            1 => Some(Tag::Config),
-            2 => Some(Tag::Task),
-            3 => Some(Tag::Retire),
-            10 => Some(Tag::Ready),
-            11 => Some(Tag::Ok),
-            12 => Some(Tag::Err),
-            _ => None,
+        Tag::ALL.into_iter().find(|tag| *tag as u8 == byte)
+    }
+
+    /// The name Python sees, as `TAG_<NAME>` on `deadpool._core`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tag::Config => "CONFIG",
+            Tag::Task => "TASK",
+            Tag::Retire => "RETIRE",
+            Tag::Ready => "READY",
+            Tag::Ok => "OK",
+            Tag::Err => "ERR",
         }
     }
 }
@@ -307,6 +320,15 @@ mod tests {
                 frame => outcomes.push(frame),
             }
         }
+    }
+
+    #[test]
+    fn every_tag_round_trips_through_its_byte() {
+        for tag in Tag::ALL {
+            assert_eq!(Tag::from_byte(tag as u8), Some(tag));
+        }
+        let names: std::collections::HashSet<_> = Tag::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names.len(), Tag::ALL.len());
     }
 
     #[test]

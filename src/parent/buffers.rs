@@ -7,7 +7,7 @@
 //! of large payloads touches warm memory. Small frames bypass the pool: the
 //! allocator serves them from warm heap memory anyway.
 
-use crate::backlog::lock;
+use crate::os::sync::lock;
 use std::sync::Mutex;
 
 /// Below this, allocation is cheap and recycling is not worth a lock.

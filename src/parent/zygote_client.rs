@@ -1,4 +1,5 @@
-//! Zygotes: single-threaded Python processes that fork workers on request.
+//! The parent's side of the zygotes: single-threaded Python processes
+//! (python/deadpool/_zygote.py) that fork workers on request.
 //!
 //! Forking the user's multi-threaded interpreter is unsafe (locks held by other
 //! threads stay locked in the child), so workers are forked by a zygote started
@@ -7,30 +8,32 @@
 //! each) and "fork" makes the per-worker zygote by forking the parent.
 //!
 //! A request is one message on the zygote's control socket carrying three file
-//! descriptors: the worker's task pipe (read end), its result pipe (write end)
-//! and a status pipe (write end). The zygote answers on the status pipe with
-//! the worker's pid and, once it has reaped the worker, its real wait status.
-//! The control socket is also the zygote's lifeline: EOF means the parent died.
+//! descriptors (see wire/request.rs). The zygote answers on the status pipe
+//! with the worker's pid and, once it has reaped the worker, its real wait
+//! status (wire/status.rs). The control socket is also the zygote's lifeline:
+//! EOF means the parent died.
+//!
+//! The control socket reaches an exec'd zygote as its standard input, so
+//! that `Command` can use `posix_spawn` (no copy of the parent's address
+//! space, no Rust code between fork and exec); the zygote moves it to another
+//! descriptor and puts /dev/null in its place, as multiprocessing gives its
+//! children. Talking to a zygote blocks, briefly: the requests are a few bytes
+//! on a socket buffer that holds thousands, and the preparation data is sent
+//! once, to a zygote that reads it first thing.
 
-use crate::fork_reset::ForkResetMutex;
+use crate::os::fork_reset::ForkResetMutex;
+use crate::wire::request::{self, WORKER_REQUEST_FDS};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
-use nix::sys::socket::{
-    sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
-};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 use std::fs::File;
-use std::io::{self, IoSlice, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::process::{Command, Stdio};
 
 /// Pipe capacity we ask for: large frames then cross in few wake-ups.
 const PIPE_CAPACITY: libc::c_int = 1 << 20;
-
-pub const STATUS_RECORD_LEN: usize = 8;
-pub const STATUS_KIND_PID: u32 = 1;
-pub const STATUS_KIND_EXIT: u32 = 2;
 
 /// How to start a zygote: the interpreter command line and the pickled
 /// `multiprocessing.spawn` preparation data (sys.path, the `__main__` module...).
@@ -57,30 +60,19 @@ impl Zygote {
     /// Starts a zygote with a fresh `exec` of the interpreter.
     pub fn launch(launch: &ZygoteLaunch, single_worker: bool) -> io::Result<Zygote> {
         let (parent_end, child_end) = control_pair()?;
-        let child_fd = child_end.as_raw_fd();
         let (program, args) = launch.argv.split_first().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "empty interpreter command")
         })?;
         let script = format!(
-            "from deadpool._worker import zygote_main; zygote_main({child_fd}, {})",
+            "from deadpool._zygote import zygote_main_from_stdin; zygote_main_from_stdin({})",
             if single_worker { "True" } else { "False" }
         );
-        let mut command = Command::new(program);
-        command.args(args).arg("-c").arg(script);
-        // SAFETY: runs between fork and exec; fcntl is async-signal-safe and
-        // touches only the descriptor the zygote must inherit.
-        unsafe {
-            command.pre_exec(move || {
-                let flags = libc::fcntl(child_fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn()?;
-        drop(child_end);
+        let child = Command::new(program)
+            .args(args)
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::from(child_end))
+            .spawn()?;
         let zygote = Zygote {
             pid: child.id() as i32,
             control: parent_end,
@@ -105,44 +97,13 @@ impl Zygote {
 
     fn send_preparation(&self, preparation: &[u8]) -> io::Result<()> {
         let mut control = File::from(self.control.try_clone()?);
-        control.write_all(&(preparation.len() as u64).to_le_bytes())?;
-        control.write_all(preparation)
+        request::write_preparation(&mut control, preparation)
     }
 
     /// Asks the zygote for one worker and returns the parent's channel ends,
     /// already non-blocking.
     pub fn request_worker(&self) -> io::Result<WorkerChannels> {
-        let (task_r, task_w) = pipe2(OFlag::O_CLOEXEC)?;
-        let (result_r, result_w) = pipe2(OFlag::O_CLOEXEC)?;
-        let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC)?;
-        for fd in [&task_w, &result_r] {
-            // Best effort: a smaller pipe only costs extra wake-ups.
-            let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(PIPE_CAPACITY));
-        }
-        let fds = [
-            task_r.as_raw_fd(),
-            result_w.as_raw_fd(),
-            status_w.as_raw_fd(),
-        ];
-        let message = *b"WORKER\0\0";
-        let iov = [IoSlice::new(&message)];
-        let cmsg = [ControlMessage::ScmRights(&fds)];
-        sendmsg::<()>(
-            self.control.as_raw_fd(),
-            &iov,
-            &cmsg,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )?;
-        drop((task_r, result_w, status_w));
-        for fd in [&task_w, &result_r, &status_r] {
-            set_nonblocking(fd.as_raw_fd())?;
-        }
-        Ok(WorkerChannels {
-            task_w: File::from(task_w),
-            result_r: File::from(result_r),
-            status_r: File::from(status_r),
-        })
+        request_worker(self.control.as_fd())
     }
 
     /// Reaps the zygote if it has exited; true once it is gone.
@@ -171,14 +132,36 @@ pub fn fork_control_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((parent_end, child_end))
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: plain fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
+/// Sends one worker request on `control` with fresh pipes; returns the
+/// parent's ends, already non-blocking.
+pub fn request_worker(control: std::os::fd::BorrowedFd<'_>) -> io::Result<WorkerChannels> {
+    let (task_r, task_w) = pipe2(OFlag::O_CLOEXEC)?;
+    let (result_r, result_w) = pipe2(OFlag::O_CLOEXEC)?;
+    let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC)?;
+    for fd in [&task_w, &result_r] {
+        // Best effort: a smaller pipe only costs extra wake-ups.
+        let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(PIPE_CAPACITY));
     }
+    let fds: [_; WORKER_REQUEST_FDS] = [
+        task_r.as_raw_fd(),
+        result_w.as_raw_fd(),
+        status_w.as_raw_fd(),
+    ];
+    request::send_worker_request(control, fds)?;
+    drop((task_r, result_w, status_w));
+    for fd in [&task_w, &result_r, &status_r] {
+        set_nonblocking(fd)?;
+    }
+    Ok(WorkerChannels {
+        task_w: File::from(task_w),
+        result_r: File::from(result_r),
+        status_r: File::from(status_r),
+    })
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
@@ -193,6 +176,19 @@ static SHARED: ForkResetMutex<Option<Zygote>> = ForkResetMutex::new();
 pub fn request_shared_worker(
     launch: &ZygoteLaunch,
     notes: &mut Vec<String>,
+) -> io::Result<(WorkerChannels, i32)> {
+    let mut dead = None;
+    let result = request_from_shared(launch, notes, &mut dead);
+    if let Some(zygote) = dead {
+        bury(zygote);
+    }
+    result
+}
+
+fn request_from_shared(
+    launch: &ZygoteLaunch,
+    notes: &mut Vec<String>,
+    dead: &mut Option<Zygote>,
 ) -> io::Result<(WorkerChannels, i32)> {
     let mut shared = SHARED.lock();
     if let Some(zygote) = shared.as_ref() {
@@ -209,9 +205,9 @@ pub fn request_shared_worker(
                     "zygote {} is gone ({error}); starting a new one",
                     zygote.pid
                 ));
-                if let Some(dead) = shared.take() {
-                    bury(dead);
-                }
+                // Buried below, after the lock: SHARED is never held while
+                // GRAVEYARD is taken.
+                *dead = shared.take();
             }
         }
     }

@@ -7,7 +7,7 @@
 //! it guards, is taken over if it can be locked and leaked otherwise (its
 //! contents may be half-written).
 
-use crate::backlog::lock;
+use crate::os::sync::lock;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard};
 

@@ -4,7 +4,7 @@
 //! passes the frame body as a read-only buffer; when Python lets go of it, the
 //! memory goes back to the pool for the next large frame.
 
-use crate::buffers::BufferPool;
+use crate::parent::buffers::BufferPool;
 use pyo3::exceptions::PyBufferError;
 use pyo3::ffi;
 use pyo3::prelude::*;

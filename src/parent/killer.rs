@@ -7,7 +7,7 @@
 //! (one cheap `kill(SIGSTOP)`, after which the task runs no more) and hands the
 //! rest to this thread.
 
-use crate::process_tree;
+use crate::os::process_tree;
 use crossbeam_channel::Sender;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;

@@ -103,6 +103,9 @@ pub fn descendants(root: i32) -> Vec<i32> {
 const MAX_PASSES: usize = 400;
 /// Every this many passes, scan all pids again (in case pids wrapped around).
 const FULL_SCAN_EVERY: usize = 16;
+/// Quick scans in a row that find nothing, after which the tree is taken
+/// for dead without waiting for the next full scan.
+const QUIET_QUICK_SCANS_TO_STOP: u32 = 3;
 
 /// SIGKILLs `root`'s descendants until none is left alive, then `root` and its
 /// process group. `root` is stopped first and dies last: while it lives,
@@ -157,7 +160,7 @@ pub fn kill_descendants(root: i32) -> usize {
         };
         // Done after a quiet full scan (nothing anywhere) or several quiet
         // quick ones following it.
-        if alive.is_empty() && (full || quiet_passes >= 3) && pass > 0 {
+        if alive.is_empty() && (full || quiet_passes >= QUIET_QUICK_SCANS_TO_STOP) && pass > 0 {
             break;
         }
     }

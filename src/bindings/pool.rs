@@ -1,0 +1,311 @@
+//! `Pool`: what `deadpool.Deadpool` drives from the caller's threads.
+//!
+//! The shim validates the user's arguments; this side only checks what it
+//! converts (a start method's name, a timeout's range) and moves bytes and
+//! task ids. Blocking calls release the GIL and wake every 50 ms to let
+//! Python deliver signals (Ctrl-C must interrupt a blocked `submit` or
+//! `shutdown`). Outcomes reach Python on the completion thread
+//! (completion.rs).
+
+use super::completion::{self, Callbacks};
+use crate::os::sync::lock;
+use crate::parent::backlog::{PushError, Task};
+use crate::parent::killer::Killer;
+use crate::parent::messages::{Command, Event};
+use crate::parent::stats::Stats;
+use crate::parent::supervisor::{Settings, Shared, StartMethod, Supervisor};
+use crate::parent::zygote_client::ZygoteLaunch;
+use crate::wire::dispatch::CancelReply;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+/// How often a blocked call comes back to Python to check for signals.
+const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Set by the completion thread when it has delivered its last event.
+#[derive(Default)]
+pub struct Finished {
+    done: Mutex<bool>,
+    signal: Condvar,
+}
+
+impl Finished {
+    pub fn set(&self) {
+        *lock(&self.done) = true;
+        self.signal.notify_all();
+    }
+
+    fn wait(&self, timeout: Duration) -> bool {
+        let done = lock(&self.done);
+        let (done, _) = self
+            .signal
+            .wait_timeout_while(done, timeout, |done| !*done)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *done
+    }
+}
+
+#[pyclass(frozen, weakref, module = "deadpool._core")]
+pub struct Pool {
+    shared: Arc<Shared>,
+    commands: Sender<Command>,
+    finished: Arc<Finished>,
+    completion_thread: Arc<OnceLock<ThreadId>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn parse_start_method(name: &str) -> PyResult<StartMethod> {
+    match name {
+        "forkserver" => Ok(StartMethod::Forkserver),
+        "spawn" => Ok(StartMethod::Spawn),
+        "fork" => Ok(StartMethod::Fork),
+        other => Err(PyValueError::new_err(format!(
+            "unknown start method {other:?}"
+        ))),
+    }
+}
+
+#[pymethods]
+impl Pool {
+    #[new]
+    #[pyo3(signature = (
+        *, max_workers, min_workers, max_backlog, max_tasks_per_child, max_worker_memory_bytes,
+        start_method, argv, preparation, static_config, dispatch, make_config, fork_zygote,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        max_workers: usize,
+        min_workers: usize,
+        max_backlog: usize,
+        max_tasks_per_child: Option<u64>,
+        max_worker_memory_bytes: Option<u64>,
+        start_method: &str,
+        argv: Vec<String>,
+        preparation: Vec<u8>,
+        static_config: Option<Vec<u8>>,
+        dispatch: Py<PyAny>,
+        make_config: Option<Py<PyAny>>,
+        fork_zygote: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let settings = Settings {
+            max_workers,
+            min_workers,
+            max_tasks_per_child,
+            max_worker_memory_bytes,
+            start_method: parse_start_method(start_method)?,
+            launch: ZygoteLaunch { argv, preparation },
+            static_config,
+        };
+        let shared = Arc::new(Shared::new(max_backlog)?);
+        let (command_tx, command_rx) = crossbeam_channel::unbounded();
+        let (event_tx, event_rx) = crossbeam_channel::unbounded();
+        let finished = Arc::new(Finished::default());
+        let completion_thread = Arc::new(OnceLock::new());
+        let callbacks = Callbacks {
+            dispatch,
+            make_config,
+            fork_zygote,
+        };
+        let panic_report = event_tx.clone();
+        let supervisor = Supervisor::new(
+            Arc::clone(&shared),
+            settings,
+            command_rx,
+            event_tx,
+            Killer::start()?,
+        );
+        let supervisor_thread = start_supervisor(supervisor, Arc::clone(&shared), panic_report)?;
+        let completion = completion::start(
+            event_rx,
+            command_tx.clone(),
+            Arc::clone(&shared),
+            callbacks,
+            Arc::clone(&finished),
+            Arc::clone(&completion_thread),
+        )?;
+        Ok(Pool {
+            shared,
+            commands: command_tx,
+            finished,
+            completion_thread,
+            threads: Mutex::new(vec![supervisor_thread, completion]),
+        })
+    }
+
+    /// Queues a pickled task under an id the caller chose (and registered
+    /// first, so no event can outrun it). Blocks, GIL released, while the
+    /// backlog is full and `respect_bound` is set. Returns False once the
+    /// pool is closed.
+    #[pyo3(signature = (task_id, payload, priority, timeout, respect_bound))]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        task_id: u64,
+        payload: &[u8],
+        priority: u64,
+        timeout: Option<f64>,
+        respect_bound: bool,
+    ) -> PyResult<bool> {
+        let timeout = timeout
+            .map(Duration::try_from_secs_f64)
+            .transpose()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let mut task = Task {
+            id: task_id,
+            priority,
+            payload: self.shared.buffers.copy_of(payload),
+            timeout,
+        };
+        loop {
+            match self.shared.backlog.push(task, respect_bound) {
+                Ok(()) => {
+                    Stats::add(&self.shared.stats.tasks_received);
+                    self.shared.waker.wake();
+                    return Ok(true);
+                }
+                Err(PushError::Closed) => return Ok(false),
+                Err(PushError::Full(returned)) => {
+                    task = returned;
+                    let backlog = &self.shared.backlog;
+                    py.detach(|| backlog.wait_for_space(SIGNAL_CHECK_INTERVAL));
+                    py.check_signals()?;
+                }
+            }
+        }
+    }
+
+    /// Cancels a task: a `CancelReply` (exported as `CANCEL_*`).
+    fn cancel(&self, py: Python<'_>, task_id: u64) -> PyResult<u8> {
+        if self.shared.backlog.remove(task_id).is_some() {
+            return Ok(CancelReply::RemovedPending as u8);
+        }
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        let asked = self.commands.send(Command::Cancel {
+            task_id,
+            reply: reply_tx,
+        });
+        if asked.is_err() {
+            return Ok(CancelReply::NotFound as u8);
+        }
+        self.shared.waker.wake();
+        let reply = match wait_reply(py, &reply_rx)? {
+            Some(true) => CancelReply::KilledRunning,
+            _ => CancelReply::NotFound,
+        };
+        Ok(reply as u8)
+    }
+
+    /// Closes the backlog and tells the supervisor to wind down. Returns the ids
+    /// of the pending tasks it removed (when `cancel_pending`).
+    fn shutdown(&self, cancel_pending: bool, kill_running: bool) -> Vec<u64> {
+        let removed = self.shared.backlog.close(cancel_pending);
+        let _ = self.commands.send(Command::Shutdown { kill_running });
+        self.shared.waker.wake();
+        removed
+    }
+
+    /// Waits until every task has been resolved and every worker has exited.
+    /// Returns False on timeout. From the completion thread itself (a done
+    /// callback calling shutdown) it cannot wait for itself and returns False.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        if self.completion_thread.get() == Some(&std::thread::current().id()) {
+            return Ok(false);
+        }
+        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        loop {
+            let slice = match deadline {
+                Some(deadline) => deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(SIGNAL_CHECK_INTERVAL),
+                None => SIGNAL_CHECK_INTERVAL,
+            };
+            let finished = &self.finished;
+            if py.detach(|| finished.wait(slice)) {
+                self.join_threads(py);
+                return Ok(true);
+            }
+            py.check_signals()?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+        }
+    }
+
+    fn clear_workers(&self) {
+        let _ = self.commands.send(Command::ClearWorkers);
+        self.shared.waker.wake();
+    }
+
+    /// A failure only the shim sees (a result that cannot be unpickled).
+    fn note_failed(&self) {
+        Stats::add(&self.shared.stats.tasks_failed);
+    }
+
+    /// A task refused before it reached the backlog (its arguments would not
+    /// pickle): it was received and it failed.
+    fn note_rejected(&self) {
+        Stats::add(&self.shared.stats.tasks_received);
+        Stats::add(&self.shared.stats.tasks_failed);
+    }
+
+    fn statistics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (key, value) in self.shared.stats.snapshot() {
+            dict.set_item(key, value)?;
+        }
+        Ok(dict)
+    }
+}
+
+impl Pool {
+    fn join_threads(&self, py: Python<'_>) {
+        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
+        py.detach(|| {
+            for handle in handles {
+                let _ = handle.join();
+            }
+        });
+    }
+}
+
+/// Runs the supervisor on its own thread. A bug that panics there must not
+/// leave futures hanging: the backlog closes (later submits get PoolClosed)
+/// and the completion thread, once the last event sender is gone, fails
+/// whatever is unresolved. The panic is reported as an event, since this
+/// thread never calls into Python, not even to log.
+fn start_supervisor(
+    supervisor: Supervisor,
+    shared: Arc<Shared>,
+    panic_report: Sender<Vec<Event>>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("deadpool-supervisor".into())
+        .spawn(move || {
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| supervisor.run()));
+            shared.backlog.close(true);
+            if run.is_err() {
+                let _ = panic_report.send(vec![Event::Log {
+                    level: log::Level::Error,
+                    message: "the deadpool supervisor stopped unexpectedly".into(),
+                }]);
+            }
+        })
+}
+
+/// Waits for a reply from the supervisor with the GIL released, checking for
+/// signals. `None` if the supervisor is gone.
+fn wait_reply<T: Send>(py: Python<'_>, reply: &Receiver<T>) -> PyResult<Option<T>> {
+    loop {
+        match py.detach(|| reply.recv_timeout(SIGNAL_CHECK_INTERVAL)) {
+            Ok(value) => return Ok(Some(value)),
+            Err(RecvTimeoutError::Disconnected) => return Ok(None),
+            Err(RecvTimeoutError::Timeout) => py.check_signals()?,
+        }
+    }
+}

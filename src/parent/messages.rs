@@ -1,0 +1,161 @@
+//! Messages between the Python-facing pool, the supervisor thread and the
+//! completion thread. Everything here is plain data: no Python objects cross
+//! into the supervisor.
+
+use crossbeam_channel::Sender;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+
+/// Requests to the supervisor.
+pub enum Command {
+    /// Kill the worker running `task_id`; replies whether a running task was killed.
+    Cancel { task_id: u64, reply: Sender<bool> },
+    /// Stop taking work; with `kill_running`, SIGKILL the busy workers too.
+    Shutdown { kill_running: bool },
+    /// Retire every idle worker now; replacements use the settings of that moment.
+    ClearWorkers,
+    /// The pickled settings for a new worker, made on request (`Event::NeedConfig`).
+    WorkerConfig {
+        worker_id: u64,
+        config: Result<Vec<u8>, String>,
+    },
+    /// The per-worker zygote forked on request (`Event::NeedFork`).
+    Forked {
+        worker_id: u64,
+        pid: Result<i32, String>,
+    },
+}
+
+/// How a task ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The pickled return value.
+    Returned(Vec<u8>),
+    /// The pickled `(exception or None, repr, traceback text)`.
+    Raised(Vec<u8>),
+    /// The deadline passed and the worker's tree was killed.
+    TimedOut,
+    /// Killed on request (cancel, or shutdown without waiting).
+    Cancelled,
+    /// The worker died or broke protocol; the message names pid and exit status.
+    Lost(String),
+}
+
+/// Notices for the completion thread, which runs them against Python.
+pub enum Event {
+    Started {
+        task_id: u64,
+        pid: i32,
+    },
+    Finished {
+        task_id: u64,
+        outcome: Outcome,
+    },
+    /// Make a new worker's settings now (they snapshot `propagate_environ`).
+    NeedConfig {
+        worker_id: u64,
+    },
+    /// Fork a per-worker zygote from the parent ("fork" start method).
+    NeedFork {
+        worker_id: u64,
+        child_end: OwnedFd,
+    },
+    /// A message for the `deadpool` logger.
+    Log {
+        level: log::Level,
+        message: String,
+    },
+}
+
+/// What the shim's dispatcher is told about a task.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Notice {
+    Started {
+        task_id: u64,
+        pid: i32,
+    },
+    Finished {
+        task_id: u64,
+        /// The worker's pid when the task's start was folded into this
+        /// outcome, because both arrived in one batch.
+        started_on: Option<i32>,
+        outcome: Outcome,
+    },
+}
+
+/// A task both started and finished within `events` has its start folded
+/// into its outcome: one Python call instead of two, and no RUNNING state
+/// that nobody could have seen. Events other than starts and outcomes are
+/// not for the dispatcher and are dropped.
+pub fn fold_starts(events: Vec<Event>) -> Vec<Notice> {
+    let finished: HashSet<u64> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Finished { task_id, .. } => Some(*task_id),
+            _ => None,
+        })
+        .collect();
+    let mut folded: HashMap<u64, i32> = HashMap::new();
+    let mut notices = Vec::with_capacity(events.len());
+    for event in events {
+        match event {
+            Event::Started { task_id, pid } if finished.contains(&task_id) => {
+                folded.insert(task_id, pid);
+            }
+            Event::Started { task_id, pid } => notices.push(Notice::Started { task_id, pid }),
+            Event::Finished { task_id, outcome } => notices.push(Notice::Finished {
+                task_id,
+                started_on: folded.remove(&task_id),
+                outcome,
+            }),
+            _ => {}
+        }
+    }
+    notices
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_starts_whose_outcome_is_in_the_same_batch_are_folded() {
+        let batch = vec![
+            Event::Started {
+                task_id: 1,
+                pid: 10,
+            },
+            Event::Started {
+                task_id: 2,
+                pid: 11,
+            },
+            Event::Finished {
+                task_id: 1,
+                outcome: Outcome::TimedOut,
+            },
+            Event::Finished {
+                task_id: 3,
+                outcome: Outcome::Cancelled,
+            },
+        ];
+        assert_eq!(
+            fold_starts(batch),
+            vec![
+                Notice::Started {
+                    task_id: 2,
+                    pid: 11
+                },
+                Notice::Finished {
+                    task_id: 1,
+                    started_on: Some(10),
+                    outcome: Outcome::TimedOut
+                },
+                Notice::Finished {
+                    task_id: 3,
+                    started_on: None,
+                    outcome: Outcome::Cancelled
+                },
+            ]
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! What comes back from workers and zygotes: result frames, status records,
+//! closed pipes, and finally each worker's exit.
+
+use super::worker::{Exit, Link, State, Zygotes};
+use super::Supervisor;
+use crate::os::exit_status::describe_death;
+use crate::parent::messages::Outcome;
+use crate::parent::zygote_client;
+use crate::wire::frame::{Frame, ReadOutcome, Tag};
+use crate::wire::status::StatusKind;
+use std::io::{self, Read};
+
+/// How much of a status pipe one read takes: records are 8 bytes, and a
+/// worker has two.
+const STATUS_READ: usize = 64;
+
+impl Supervisor {
+    pub(super) fn write_pending(&mut self, worker_id: u64) {
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
+        if !worker.flush() {
+            self.pipe_closed(worker_id);
+        }
+    }
+
+    /// Reads at most one frame: a worker sends one and then waits for us, so
+    /// there is nothing more to read now, and skipping the read that would
+    /// only say EAGAIN saves a syscall per task.
+    pub(super) fn read_results(&mut self, worker_id: u64) {
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
+        let Link::Connected(pipes) = &mut worker.link else {
+            return;
+        };
+        let Some(result_r) = pipes.result_r.as_mut() else {
+            return;
+        };
+        match worker.reader.read_from(result_r) {
+            Ok(ReadOutcome::Frame(frame)) => self.on_frame(worker_id, frame),
+            Ok(ReadOutcome::Pending) => {}
+            Ok(ReadOutcome::Eof { .. }) | Err(_) => {
+                pipes.result_r = None;
+                self.pipe_closed(worker_id);
+                self.exited_if_orphaned(worker_id);
+            }
+            Ok(ReadOutcome::Corrupt(error)) => {
+                pipes.result_r = None;
+                self.protocol_broken(worker_id, &error.to_string());
+                self.exited_if_orphaned(worker_id);
+            }
+        }
+    }
+
+    fn on_frame(&mut self, worker_id: u64, frame: Frame) {
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
+        match (frame.tag, &worker.state) {
+            (Tag::Ready, State::Starting { retire_when_ready }) => {
+                let Ok(pid) = <[u8; 4]>::try_from(frame.body.as_slice()) else {
+                    let detail = format!("a Ready frame of {} bytes", frame.body.len());
+                    self.protocol_broken(worker_id, &detail);
+                    return;
+                };
+                let retire = *retire_when_ready;
+                worker.pid_arrived(u32::from_le_bytes(pid) as i32);
+                self.startup_failures = 0;
+                if retire {
+                    worker.retire();
+                } else {
+                    worker.state = State::Idle;
+                }
+            }
+            (Tag::Ok | Tag::Err, &State::Busy { task_id, .. }) if frame.id == task_id => {
+                let outcome = match frame.tag {
+                    Tag::Ok => Outcome::Returned(frame.body),
+                    _ => Outcome::Raised(frame.body),
+                };
+                self.finish_task(task_id, outcome);
+                self.after_task(worker_id);
+            }
+            // A result racing with our kill (timeout, cancel): already resolved.
+            (Tag::Ok | Tag::Err, State::Killed) => {}
+            (tag, _) => self.protocol_broken(worker_id, &format!("unexpected {tag:?} frame")),
+        }
+    }
+
+    /// The worker wrote something it must not have: kill it and fail its task.
+    fn protocol_broken(&mut self, worker_id: u64, detail: &str) {
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
+        let pid = worker.pid_or_zero();
+        if let Some(task_id) = worker.kill_and_forget_task() {
+            let message =
+                format!("Subprocess {pid} broke the result protocol ({detail}) and was replaced");
+            self.finish_task(task_id, Outcome::Lost(message));
+        }
+    }
+
+    /// A pipe to the worker closed: it died, or closed its own descriptors.
+    /// Kill it to be sure, and resolve its task once the exit status is known.
+    pub(super) fn pipe_closed(&mut self, worker_id: u64) {
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
+        let task_id = match worker.state {
+            State::Busy { task_id, .. } => Some(task_id),
+            State::Idle => None,
+            // Stays Starting, so its exit counts as a start-up failure.
+            State::Starting { .. } => {
+                if !worker.has_exited() {
+                    worker.kill();
+                }
+                return;
+            }
+            State::Retiring { .. } | State::Killed | State::Lost { .. } => return,
+        };
+        if !worker.has_exited() {
+            worker.kill();
+        }
+        worker.state = State::Lost { task_id };
+    }
+
+    /// A worker whose zygote died has nobody to report its exit: once its
+    /// result pipe closes too (and it has been killed to be sure), it is gone.
+    fn exited_if_orphaned(&mut self, worker_id: u64) {
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
+        let orphaned = worker.pipes().is_some_and(|pipes| pipes.status_r.is_none());
+        if orphaned && !worker.has_exited() {
+            worker.exit = Some(Exit::Unknown);
+            self.worker_exited(worker_id);
+        }
+    }
+
+    pub(super) fn read_status(&mut self, worker_id: u64) {
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
+        let Link::Connected(pipes) = &mut worker.link else {
+            return;
+        };
+        let Some(status_r) = pipes.status_r.as_mut() else {
+            return;
+        };
+        if drain_into(status_r, &mut worker.status) {
+            pipes.status_r = None;
+        }
+        let (zygote_closed, result_closed) = (pipes.status_r.is_none(), pipes.result_r.is_none());
+        let shared_zygote = match pipes.zygote {
+            Zygotes::Shared { pid } => Some(pid),
+            Zygotes::Own(_) => None,
+        };
+        while let Some((kind, value)) = worker.status.next_record() {
+            match kind {
+                StatusKind::Pid => worker.pid_arrived(value),
+                StatusKind::Exit => worker.exit = Some(Exit::Reported(value)),
+            }
+        }
+        if zygote_closed && !worker.has_exited() {
+            if let Some(pid) = shared_zygote {
+                zygote_client::bury_shared(pid);
+                self.graveyard_pending = true;
+            }
+            if result_closed {
+                worker.exit = Some(Exit::Unknown);
+            }
+        }
+        if worker.has_exited() {
+            self.read_results(worker_id);
+            self.worker_exited(worker_id);
+        }
+    }
+
+    fn worker_exited(&mut self, worker_id: u64) {
+        let Some(worker) = self.workers.remove(&worker_id) else {
+            return;
+        };
+        let status = match worker.exit {
+            Some(Exit::Reported(status)) => Some(status),
+            _ => None,
+        };
+        let description = describe_death(worker.pid_or_zero(), status);
+        match worker.state {
+            State::Busy { task_id, .. }
+            | State::Lost {
+                task_id: Some(task_id),
+            } => self.finish_task(task_id, Outcome::Lost(description)),
+            State::Starting { .. } => self.startup_failed(&format!("{description} while starting")),
+            State::Idle | State::Lost { task_id: None } => self.log(
+                log::Level::Warn,
+                format!("an idle worker died: {description}"),
+            ),
+            State::Retiring { .. } | State::Killed => {}
+        }
+        if let Link::Connected(pipes) = worker.link {
+            if let Zygotes::Own(zygote) = pipes.zygote {
+                if !zygote.try_reap() {
+                    self.zygotes_to_reap.push(zygote);
+                }
+            }
+        }
+    }
+}
+
+/// Reads what the pipe holds into `decoder`; true once it reached end of file
+/// (or failed, which ends it just the same).
+fn drain_into(pipe: &mut impl Read, decoder: &mut crate::wire::status::StatusDecoder) -> bool {
+    let mut buf = [0u8; STATUS_READ];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => decoder.feed(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! One worker as the supervisor sees it: how it is connected, where it is in
+//! its life, and what is still to be written to it.
+//!
+//! ```text
+//!   Starting ──Ready──▶ Idle ◀──result── Busy
+//!      │                 │  └──dispatch──▶ │
+//!      │                 └──retire──▶ Retiring ──exit──▶ (gone)
+//!      └─(any state) pipe closed ─▶ Lost ──exit──▶ (gone: its task fails)
+//!        (any state) timeout, cancel, bad frame ─▶ Killed ──exit──▶ (gone)
+//! ```
+//! A worker leaves the supervisor's map only once the zygote has reported
+//! its exit (or, with its zygote dead, once its pipes closed), so its task
+//! fails with the real exit status and no process is forgotten.
+
+use super::policy::RETIRE_GRACE;
+use crate::parent::buffers::BufferPool;
+use crate::parent::killer::Killer;
+use crate::parent::zygote_client::{WorkerChannels, Zygote};
+use crate::wire::frame::{FrameReader, PendingWrite, Tag, MAX_BODY_LEN};
+use crate::wire::status::StatusDecoder;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub enum State {
+    /// Spawned; its settings are on the way and `Ready` has not arrived.
+    /// `retire_when_ready`: `clear_workers()` or shutdown came meanwhile.
+    Starting {
+        retire_when_ready: bool,
+    },
+    Idle,
+    Busy {
+        task_id: u64,
+        deadline: Option<Instant>,
+    },
+    /// Told to run its finalizer and exit.
+    Retiring {
+        deadline: Instant,
+    },
+    /// A pipe closed under it, or its settings could not be made; it was
+    /// killed to be sure. Its task, if any, fails once the exit status is in.
+    Lost {
+        task_id: Option<u64>,
+    },
+    /// Killed by us (timeout, cancel, shutdown, a broken protocol); its task
+    /// is already resolved.
+    Killed,
+}
+
+/// Which zygote made the worker, and so who reports and reaps what.
+pub enum Zygotes {
+    /// The zygote shared by every pool of this process ("forkserver").
+    Shared { pid: i32 },
+    /// A zygote of its own ("spawn", "fork"), reaped after the worker.
+    Own(Zygote),
+}
+
+/// The parent's ends of a connected worker's pipes. A read end becomes
+/// `None` once it reached end of file.
+pub struct Pipes {
+    pub task_w: File,
+    pub result_r: Option<File>,
+    /// Closed without an exit record, this means the zygote died: the
+    /// worker itself may live on, orphaned.
+    pub status_r: Option<File>,
+    pub zygote: Zygotes,
+}
+
+pub enum Link {
+    /// "fork": the completion thread is forking this worker's zygote.
+    AwaitingFork {
+        control: OwnedFd,
+    },
+    Connected(Pipes),
+}
+
+/// The worker's pid arrives with its zygote's first status record.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Pid {
+    Unknown { kill_on_arrival: bool },
+    Known(i32),
+}
+
+/// How the worker ended, once it has.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Exit {
+    /// The raw wait status, as its zygote reaped it.
+    Reported(i32),
+    /// Its zygote died, so nobody could report it.
+    Unknown,
+}
+
+pub struct Worker {
+    pub link: Link,
+    pub state: State,
+    pub pid: Pid,
+    pub exit: Option<Exit>,
+    pub tasks_done: u64,
+    pub reader: FrameReader,
+    pub status: StatusDecoder,
+    /// Frames not yet (fully) written to the task pipe.
+    pub unsent: VecDeque<PendingWrite>,
+    /// Where written task payloads go back for reuse.
+    buffers: Arc<BufferPool>,
+    killer: Arc<Killer>,
+}
+
+impl Worker {
+    pub fn new(link: Link, buffers: &Arc<BufferPool>, killer: &Arc<Killer>) -> Worker {
+        Worker {
+            link,
+            state: State::Starting {
+                retire_when_ready: false,
+            },
+            pid: Pid::Unknown {
+                kill_on_arrival: false,
+            },
+            exit: None,
+            tasks_done: 0,
+            reader: FrameReader::with_buffers(MAX_BODY_LEN, Arc::clone(buffers)),
+            status: StatusDecoder::default(),
+            unsent: VecDeque::new(),
+            buffers: Arc::clone(buffers),
+            killer: Arc::clone(killer),
+        }
+    }
+
+    pub fn connect(channels: WorkerChannels, zygote: Zygotes) -> Link {
+        Link::Connected(Pipes {
+            task_w: channels.task_w,
+            result_r: Some(channels.result_r),
+            status_r: Some(channels.status_r),
+            zygote,
+        })
+    }
+
+    pub fn pipes(&mut self) -> Option<&mut Pipes> {
+        match &mut self.link {
+            Link::Connected(pipes) => Some(pipes),
+            Link::AwaitingFork { .. } => None,
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        matches!(self.link, Link::Connected(_))
+    }
+
+    pub fn pid_or_zero(&self) -> i32 {
+        match self.pid {
+            Pid::Known(pid) => pid,
+            Pid::Unknown { .. } => 0,
+        }
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.exit.is_some()
+    }
+
+    /// Still serving tasks, or about to.
+    pub fn is_serving(&self) -> bool {
+        matches!(
+            self.state,
+            State::Starting { .. } | State::Idle | State::Busy { .. }
+        )
+    }
+
+    /// Idle, or starting and not told to retire: a task can go here soon.
+    pub fn is_available(&self) -> bool {
+        matches!(
+            self.state,
+            State::Idle
+                | State::Starting {
+                    retire_when_ready: false
+                }
+        )
+    }
+
+    pub fn is_busy_with(&self, task: u64) -> bool {
+        matches!(self.state, State::Busy { task_id, .. } if task_id == task)
+    }
+
+    pub fn running_task(&self) -> Option<u64> {
+        match self.state {
+            State::Busy { task_id, .. } => Some(task_id),
+            _ => None,
+        }
+    }
+
+    /// SIGKILLs the worker's tree now, or as soon as its pid is known.
+    pub fn kill(&mut self) {
+        match self.pid {
+            Pid::Known(pid) => self.killer.kill_tree(pid),
+            Pid::Unknown { .. } => {
+                self.pid = Pid::Unknown {
+                    kill_on_arrival: true,
+                }
+            }
+        }
+    }
+
+    /// Kills the worker and returns the task it was running, if any.
+    pub fn kill_and_forget_task(&mut self) -> Option<u64> {
+        let task = self.running_task();
+        self.kill();
+        self.state = State::Killed;
+        task
+    }
+
+    /// The zygote told us the pid; a kill asked for before happens now.
+    pub fn pid_arrived(&mut self, pid: i32) {
+        let kill = self.pid
+            == Pid::Unknown {
+                kill_on_arrival: true,
+            };
+        self.pid = Pid::Known(pid);
+        if kill && !self.has_exited() {
+            self.killer.kill_tree(pid);
+        }
+    }
+
+    /// Idle workers retire now; starting ones as soon as they are ready.
+    pub fn retire_when_idle(&mut self) {
+        match self.state {
+            State::Idle => self.retire(),
+            State::Starting { .. } => {
+                self.state = State::Starting {
+                    retire_when_ready: true,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Asks the worker to run its finalizer and exit, within a grace period.
+    pub fn retire(&mut self) {
+        self.send(PendingWrite::new(Tag::Retire, 0, Vec::new()));
+        self.state = State::Retiring {
+            deadline: Instant::now() + RETIRE_GRACE,
+        };
+    }
+
+    /// The worker's settings go before anything else queued for it.
+    pub fn send_config(&mut self, config: Vec<u8>) -> bool {
+        self.unsent
+            .push_front(PendingWrite::new(Tag::Config, 0, config));
+        self.flush()
+    }
+
+    pub fn send(&mut self, frame: PendingWrite) -> bool {
+        self.unsent.push_back(frame);
+        self.flush()
+    }
+
+    /// Writes what the task pipe takes now; false when the pipe is broken.
+    pub fn flush(&mut self) -> bool {
+        let Link::Connected(pipes) = &mut self.link else {
+            return true;
+        };
+        while let Some(pending) = self.unsent.front_mut() {
+            match pending.write_to(&mut pipes.task_w) {
+                Ok(true) => {
+                    if let Some(done) = self.unsent.pop_front() {
+                        self.buffers.give(done.into_body());
+                    }
+                }
+                Ok(false) => return true,
+                Err(_) => {
+                    self.unsent.clear();
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
