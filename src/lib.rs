@@ -8,11 +8,12 @@
 //! - `wire/`: every byte layout and code shared across processes or languages.
 //! - `os/`: process trees, exit statuses, the allocator, locks.
 
+#[macro_use]
+mod wire;
 mod bindings;
 mod child;
 mod os;
 mod parent;
-mod wire;
 
 use pyo3::prelude::*;
 

@@ -46,7 +46,7 @@ pub fn read_frame(py: Python<'_>, fd: RawFd) -> PyResult<Option<(u8, u64, Py<PyB
 #[pyfunction]
 pub fn write_frame(py: Python<'_>, fd: RawFd, tag: u8, task_id: u64, body: &[u8]) -> PyResult<()> {
     let fd = borrow(fd)?;
-    let tag = Tag::from_byte(tag)
+    let tag = Tag::from_value(tag)
         .ok_or_else(|| PyValueError::new_err(format!("unknown frame tag {tag}")))?;
     py.detach(|| frame_io::write_frame(fd, tag, task_id, body))?;
     Ok(())
@@ -56,7 +56,7 @@ pub fn write_frame(py: Python<'_>, fd: RawFd, tag: u8, task_id: u64, body: &[u8]
 #[pyfunction]
 pub fn write_status(fd: RawFd, kind: u32, value: i32) -> PyResult<()> {
     let fd = borrow(fd)?;
-    let kind = StatusKind::from_u32(kind)
+    let kind = StatusKind::from_value(kind)
         .ok_or_else(|| PyValueError::new_err(format!("unknown status kind {kind}")))?;
     Ok(frame_io::write_status(fd, kind, value)?)
 }

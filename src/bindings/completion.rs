@@ -5,6 +5,7 @@
 
 use super::pool::Finished;
 use super::result_buffer::ResultBuffer;
+use crate::os::thread;
 use crate::parent::buffers::BufferPool;
 use crate::parent::messages::{fold_starts, Command, Event, Notice, Outcome};
 use crate::parent::supervisor::Shared;
@@ -36,13 +37,11 @@ pub fn start(
     finished: Arc<Finished>,
     thread_id: Arc<OnceLock<ThreadId>>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("deadpool-completion".into())
-        .spawn(move || {
-            let _ = thread_id.set(std::thread::current().id());
-            completion_loop(events, commands, &shared, callbacks);
-            finished.set();
-        })
+    thread::spawn("deadpool-completion", move || {
+        let _ = thread_id.set(std::thread::current().id());
+        completion_loop(events, commands, &shared, callbacks);
+        finished.set();
+    })
 }
 
 /// Runs on its own thread for the pool's life, attached to the interpreter

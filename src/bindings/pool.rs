@@ -9,6 +9,7 @@
 
 use super::completion::{self, Callbacks};
 use crate::os::sync::lock;
+use crate::os::thread;
 use crate::parent::backlog::{PushError, Task};
 use crate::parent::killer::Killer;
 use crate::parent::messages::{Command, Event};
@@ -284,18 +285,16 @@ fn start_supervisor(
     shared: Arc<Shared>,
     panic_report: Sender<Vec<Event>>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("deadpool-supervisor".into())
-        .spawn(move || {
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| supervisor.run()));
-            shared.backlog.close(true);
-            if run.is_err() {
-                let _ = panic_report.send(vec![Event::Log {
-                    level: log::Level::Error,
-                    message: "the deadpool supervisor stopped unexpectedly".into(),
-                }]);
-            }
-        })
+    thread::spawn("deadpool-supervisor", move || {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| supervisor.run()));
+        shared.backlog.close(true);
+        if run.is_err() {
+            let _ = panic_report.send(vec![Event::Log {
+                level: log::Level::Error,
+                message: "the deadpool supervisor stopped unexpectedly".into(),
+            }]);
+        }
+    })
 }
 
 /// Waits for a reply from the supervisor with the GIL released, checking for

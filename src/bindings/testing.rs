@@ -32,7 +32,7 @@ pub fn shared_zygote_pid() -> Option<i32> {
 /// Frames as the supervisor writes them to a worker.
 #[pyfunction]
 pub fn encode_frame(py: Python<'_>, tag: u8, task_id: u64, body: Vec<u8>) -> PyResult<Py<PyBytes>> {
-    let tag = Tag::from_byte(tag).ok_or_else(|| PyValueError::new_err("unknown tag"))?;
+    let tag = Tag::from_value(tag).ok_or_else(|| PyValueError::new_err("unknown tag"))?;
     let mut wire = Vec::new();
     PendingWrite::new(tag, task_id, body).write_to(&mut wire)?;
     Ok(PyBytes::new(py, &wire).unbind())

@@ -9,17 +9,17 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 pub fn export(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    for tag in Tag::ALL {
-        m.add(format!("TAG_{}", tag.name()), tag as u8)?;
+    for &tag in Tag::ALL {
+        m.add(format!("TAG_{}", tag.python_name()), tag as u8)?;
     }
-    for kind in StatusKind::ALL {
-        m.add(format!("STATUS_{}", kind.name()), kind as u32)?;
+    for &kind in StatusKind::ALL {
+        m.add(format!("STATUS_{}", kind.python_name()), kind as u32)?;
     }
-    for kind in EventKind::ALL {
-        m.add(format!("EVENT_{}", kind.name()), kind as u8)?;
+    for &kind in EventKind::ALL {
+        m.add(format!("EVENT_{}", kind.python_name()), kind as u8)?;
     }
-    for reply in CancelReply::ALL {
-        m.add(format!("CANCEL_{}", reply.name()), reply as u8)?;
+    for &reply in CancelReply::ALL {
+        m.add(format!("CANCEL_{}", reply.python_name()), reply as u8)?;
     }
     m.add("WORKER_REQUEST", PyBytes::new(m.py(), &WORKER_REQUEST))?;
     m.add("WORKER_REQUEST_FDS", WORKER_REQUEST_FDS)?;

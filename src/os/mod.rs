@@ -7,3 +7,4 @@ pub mod fork_reset;
 pub mod memory;
 pub mod process_tree;
 pub mod sync;
+pub mod thread;

@@ -228,18 +228,35 @@ mod tests {
 
     #[test]
     fn waiting_submitter_wakes_when_space_frees() {
-        assert_freeing_wakes_a_waiting_submitter(|backlog| backlog.pop().is_some());
+        let backlog = assert_freeing_wakes_a_waiting_submitter(|backlog| backlog.pop().is_some());
+        backlog.push(task(2, 0), true).expect("room now");
     }
 
     #[test]
     fn waiting_submitter_wakes_when_a_pending_task_is_cancelled() {
-        assert_freeing_wakes_a_waiting_submitter(|backlog| backlog.remove(1).is_some());
+        let backlog =
+            assert_freeing_wakes_a_waiting_submitter(|backlog| backlog.remove(1).is_some());
+        backlog.push(task(2, 0), true).expect("room now");
     }
 
-    fn assert_freeing_wakes_a_waiting_submitter(free: fn(&Backlog) -> bool) {
+    #[test]
+    fn close_wakes_a_waiting_submitter() {
+        let backlog = assert_freeing_wakes_a_waiting_submitter(|backlog| {
+            backlog.close(false);
+            true
+        });
+        assert!(matches!(
+            backlog.push(task(2, 0), true),
+            Err(PushError::Closed)
+        ));
+    }
+
+    /// A submitter waits on a full backlog while another thread runs `free`:
+    /// it must wake at once, not at its timeout.
+    fn assert_freeing_wakes_a_waiting_submitter(free: fn(&Backlog) -> bool) -> Arc<Backlog> {
         let backlog = Arc::new(Backlog::new(1));
         backlog.push(task(1, 0), true).expect("push");
-        let consumer = {
+        let freer = {
             let backlog = Arc::clone(&backlog);
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(20));
@@ -250,29 +267,7 @@ mod tests {
             backlog.wait_for_space(Duration::from_secs(10)),
             "woken by the freed slot, not the timeout"
         );
-        assert!(consumer.join().expect("join"));
-        backlog.push(task(2, 0), true).expect("room now");
-    }
-
-    #[test]
-    fn close_wakes_a_waiting_submitter() {
-        let backlog = Arc::new(Backlog::new(1));
-        backlog.push(task(1, 0), true).expect("push");
-        let closer = {
-            let backlog = Arc::clone(&backlog);
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(20));
-                backlog.close(false);
-            })
-        };
-        assert!(
-            backlog.wait_for_space(Duration::from_secs(10)),
-            "woken by close, not the timeout"
-        );
-        closer.join().expect("join");
-        assert!(matches!(
-            backlog.push(task(2, 0), true),
-            Err(PushError::Closed)
-        ));
+        assert!(freer.join().expect("join"));
+        backlog
     }
 }

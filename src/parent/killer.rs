@@ -7,7 +7,7 @@
 //! (one cheap `kill(SIGSTOP)`, after which the task runs no more) and hands the
 //! rest to this thread.
 
-use crate::os::process_tree;
+use crate::os::{process_tree, thread};
 use crossbeam_channel::Sender;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -22,13 +22,11 @@ pub struct Killer {
 impl Killer {
     pub fn start() -> io::Result<Killer> {
         let (requests, pending) = crossbeam_channel::unbounded::<i32>();
-        let thread = std::thread::Builder::new()
-            .name("deadpool-killer".into())
-            .spawn(move || {
-                for pid in pending {
-                    process_tree::kill_tree(pid);
-                }
-            })?;
+        let thread = thread::spawn("deadpool-killer", move || {
+            for pid in pending {
+                process_tree::kill_tree(pid);
+            }
+        })?;
         Ok(Killer {
             requests: Some(requests),
             thread: Some(thread),

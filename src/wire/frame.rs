@@ -18,48 +18,17 @@ pub const HEADER_LEN: usize = 17;
 /// header must fail one future, not make the parent try to allocate exabytes.
 pub const MAX_BODY_LEN: u64 = 1 << 40;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Tag {
-    /// Pool -> worker: pickled worker settings, the first frame a worker reads.
-    Config = 1,
-    /// Pool -> worker: a pickled `(fn, args, kwargs)`.
-    Task = 2,
-    /// Pool -> worker: run the finalizer and atexit handlers, then exit.
-    Retire = 3,
-    /// Worker -> pool: initialised and waiting for work; body is the pid (u32 LE).
-    Ready = 10,
-    /// Worker -> pool: the pickled return value.
-    Ok = 11,
-    /// Worker -> pool: a pickled exception and its traceback text.
-    Err = 12,
-}
-
-impl Tag {
-    pub const ALL: [Tag; 6] = [
-        Tag::Config,
-        Tag::Task,
-        Tag::Retire,
-        Tag::Ready,
-        Tag::Ok,
-        Tag::Err,
-    ];
-
-    pub fn from_byte(byte: u8) -> Option<Tag> {
-        Tag::ALL.into_iter().find(|tag| *tag as u8 == byte)
-    }
-
-    /// The name Python sees, as `TAG_<NAME>` on `deadpool._core`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Tag::Config => "CONFIG",
-            Tag::Task => "TASK",
-            Tag::Retire => "RETIRE",
-            Tag::Ready => "READY",
-            Tag::Ok => "OK",
-            Tag::Err => "ERR",
-        }
-    }
+wire_codes! {
+    /// The first byte of a frame's header.
+    ///
+    /// Pool -> worker: `Config`, the pickled worker settings (the first frame
+    /// a worker reads); `Task`, a pickled `(fn, args, kwargs)`; `Retire`, run
+    /// the finalizer and atexit handlers, then exit.
+    ///
+    /// Worker -> pool: `Ready`, initialised and waiting (the body is its pid,
+    /// u32 LE); `Ok`, the pickled return value; `Err`, the pickled exception
+    /// and its traceback text.
+    pub enum Tag: u8 { Config = 1, Task = 2, Retire = 3, Ready = 10, Ok = 11, Err = 12 }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -95,7 +64,7 @@ pub fn encode_header(tag: Tag, id: u64, body_len: usize) -> [u8; HEADER_LEN] {
 }
 
 pub fn decode_header(header: &[u8; HEADER_LEN], limit: u64) -> Result<(Tag, u64, u64), FrameError> {
-    let tag = Tag::from_byte(header[0]).ok_or(FrameError::UnknownTag(header[0]))?;
+    let tag = Tag::from_value(header[0]).ok_or(FrameError::UnknownTag(header[0]))?;
     let mut field = [0u8; 8];
     field.copy_from_slice(&header[1..9]);
     let len = u64::from_le_bytes(field);
@@ -320,15 +289,6 @@ mod tests {
                 frame => outcomes.push(frame),
             }
         }
-    }
-
-    #[test]
-    fn every_tag_round_trips_through_its_byte() {
-        for tag in Tag::ALL {
-            assert_eq!(Tag::from_byte(tag as u8), Some(tag));
-        }
-        let names: std::collections::HashSet<_> = Tag::ALL.iter().map(|t| t.name()).collect();
-        assert_eq!(names.len(), Tag::ALL.len());
     }
 
     #[test]

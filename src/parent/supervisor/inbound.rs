@@ -8,11 +8,6 @@ use crate::parent::messages::Outcome;
 use crate::parent::zygote_client;
 use crate::wire::frame::{Frame, ReadOutcome, Tag};
 use crate::wire::status::StatusKind;
-use std::io::{self, Read};
-
-/// How much of a status pipe one read takes: records are 8 bytes, and a
-/// worker has two.
-const STATUS_READ: usize = 64;
 
 impl Supervisor {
     pub(super) fn write_pending(&mut self, worker_id: u64) {
@@ -31,22 +26,16 @@ impl Supervisor {
         let Some(worker) = self.workers.get_mut(&worker_id) else {
             return;
         };
-        let Link::Connected(pipes) = &mut worker.link else {
-            return;
-        };
-        let Some(result_r) = pipes.result_r.as_mut() else {
-            return;
-        };
-        match worker.reader.read_from(result_r) {
-            Ok(ReadOutcome::Frame(frame)) => self.on_frame(worker_id, frame),
-            Ok(ReadOutcome::Pending) => {}
-            Ok(ReadOutcome::Eof { .. }) | Err(_) => {
-                pipes.result_r = None;
+        match worker.read_result() {
+            None | Some(Ok(ReadOutcome::Pending)) => {}
+            Some(Ok(ReadOutcome::Frame(frame))) => self.on_frame(worker_id, frame),
+            Some(Ok(ReadOutcome::Eof { .. }) | Err(_)) => {
+                worker.close_results();
                 self.pipe_closed(worker_id);
                 self.exited_if_orphaned(worker_id);
             }
-            Ok(ReadOutcome::Corrupt(error)) => {
-                pipes.result_r = None;
+            Some(Ok(ReadOutcome::Corrupt(error))) => {
+                worker.close_results();
                 self.protocol_broken(worker_id, &error.to_string());
                 self.exited_if_orphaned(worker_id);
             }
@@ -130,8 +119,7 @@ impl Supervisor {
         let Some(worker) = self.workers.get_mut(&worker_id) else {
             return;
         };
-        let orphaned = worker.pipes().is_some_and(|pipes| pipes.status_r.is_none());
-        if orphaned && !worker.has_exited() {
+        if worker.zygote_gone() && !worker.has_exited() {
             worker.exit = Some(Exit::Unknown);
             self.worker_exited(worker_id);
         }
@@ -141,32 +129,21 @@ impl Supervisor {
         let Some(worker) = self.workers.get_mut(&worker_id) else {
             return;
         };
-        let Link::Connected(pipes) = &mut worker.link else {
+        if !worker.drain_status() {
             return;
-        };
-        let Some(status_r) = pipes.status_r.as_mut() else {
-            return;
-        };
-        if drain_into(status_r, &mut worker.status) {
-            pipes.status_r = None;
         }
-        let (zygote_closed, result_closed) = (pipes.status_r.is_none(), pipes.result_r.is_none());
-        let shared_zygote = match pipes.zygote {
-            Zygotes::Shared { pid } => Some(pid),
-            Zygotes::Own(_) => None,
-        };
         while let Some((kind, value)) = worker.status.next_record() {
             match kind {
                 StatusKind::Pid => worker.pid_arrived(value),
                 StatusKind::Exit => worker.exit = Some(Exit::Reported(value)),
             }
         }
-        if zygote_closed && !worker.has_exited() {
-            if let Some(pid) = shared_zygote {
+        if worker.zygote_gone() && !worker.has_exited() {
+            if let Some(pid) = worker.shared_zygote_pid() {
                 zygote_client::bury_shared(pid);
                 self.graveyard_pending = true;
             }
-            if result_closed {
+            if worker.results_closed() {
                 worker.exit = Some(Exit::Unknown);
             }
         }
@@ -203,21 +180,6 @@ impl Supervisor {
                     self.zygotes_to_reap.push(zygote);
                 }
             }
-        }
-    }
-}
-
-/// Reads what the pipe holds into `decoder`; true once it reached end of file
-/// (or failed, which ends it just the same).
-fn drain_into(pipe: &mut impl Read, decoder: &mut crate::wire::status::StatusDecoder) -> bool {
-    let mut buf = [0u8; STATUS_READ];
-    loop {
-        match pipe.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(n) => decoder.feed(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
         }
     }
 }

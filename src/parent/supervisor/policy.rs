@@ -91,19 +91,23 @@ pub fn give_up_on_a_waiting_task(failures: u32, anyone_serving: bool) -> bool {
 mod tests {
     use super::*;
 
-    fn pool() -> Staffing {
-        Staffing {
+    /// Two workers serving at most four, at a floor of two; `change` adjusts.
+    fn pool(change: impl FnOnce(&mut Staffing)) -> Staffing {
+        let mut pool = Staffing {
             serving: 0,
             available: 0,
             waiting: 0,
             min_workers: 2,
             max_workers: 4,
             closing: false,
-        }
+        };
+        change(&mut pool);
+        pool
     }
 
-    fn finished() -> FinishedTask {
-        FinishedTask {
+    /// The first task of a worker at the floor with work waiting; `change` adjusts.
+    fn task(change: impl FnOnce(&mut FinishedTask)) -> bool {
+        let mut task = FinishedTask {
             tasks_done: 1,
             max_tasks_per_child: None,
             memory: None,
@@ -111,139 +115,62 @@ mod tests {
             serving: 2,
             min_workers: 2,
             closing: false,
-        }
+        };
+        change(&mut task);
+        retire_after_task(task)
     }
 
     #[test]
-    fn an_empty_pool_starts_its_floor() {
-        assert_eq!(workers_to_start(pool()), 2);
-    }
-
-    #[test]
-    fn a_closing_pool_keeps_no_floor() {
-        let closing = Staffing {
-            closing: true,
-            ..pool()
-        };
-        assert_eq!(workers_to_start(closing), 0);
-    }
-
-    #[test]
-    fn waiting_tasks_start_workers_up_to_the_maximum() {
-        let busy = Staffing {
-            serving: 2,
-            waiting: 10,
-            ..pool()
-        };
-        assert_eq!(workers_to_start(busy), 2);
-        let one_free = Staffing {
-            serving: 2,
-            available: 1,
-            waiting: 2,
-            ..pool()
-        };
+    fn the_pool_starts_its_floor_and_then_one_worker_per_uncovered_task() {
+        assert_eq!(workers_to_start(pool(|_| {})), 2);
+        assert_eq!(workers_to_start(pool(|p| p.closing = true)), 0);
+        let busy = pool(|p| (p.serving, p.waiting) = (2, 10));
+        assert_eq!(workers_to_start(busy), 2, "up to max_workers");
+        let one_free = pool(|p| (p.serving, p.available, p.waiting) = (2, 1, 2));
         assert_eq!(workers_to_start(one_free), 1);
-        let full = Staffing {
-            serving: 4,
-            waiting: 10,
-            ..pool()
-        };
+        let full = pool(|p| (p.serving, p.waiting) = (4, 10));
         assert_eq!(workers_to_start(full), 0);
-    }
-
-    #[test]
-    fn available_workers_cover_waiting_tasks() {
-        let covered = Staffing {
-            serving: 3,
-            available: 3,
-            waiting: 3,
-            ..pool()
-        };
+        let covered = pool(|p| (p.serving, p.available, p.waiting) = (3, 3, 3));
         assert_eq!(workers_to_start(covered), 0);
     }
 
     #[test]
     fn idle_workers_retire_only_when_closing_with_nothing_waiting() {
-        assert!(!retire_idle_workers(pool()));
-        let closing = Staffing {
-            closing: true,
-            ..pool()
-        };
-        assert!(retire_idle_workers(closing));
-        let still_busy = Staffing {
-            waiting: 1,
-            ..closing
-        };
-        assert!(!retire_idle_workers(still_busy));
+        assert!(!retire_idle_workers(pool(|_| {})));
+        assert!(retire_idle_workers(pool(|p| p.closing = true)));
+        assert!(!retire_idle_workers(pool(
+            |p| (p.closing, p.waiting) = (true, 1)
+        )));
     }
 
     #[test]
-    fn a_worker_at_the_floor_with_work_waiting_serves_on() {
-        assert!(!retire_after_task(finished()));
-    }
-
-    #[test]
-    fn max_tasks_per_child_retires() {
-        let used_up = FinishedTask {
-            tasks_done: 3,
-            max_tasks_per_child: Some(3),
-            ..finished()
-        };
-        assert!(retire_after_task(used_up));
-        let not_yet = FinishedTask {
-            tasks_done: 2,
-            ..used_up
-        };
-        assert!(!retire_after_task(not_yet));
+    fn a_worker_retires_after_its_share_of_tasks() {
+        assert!(!task(|_| {}));
+        assert!(task(
+            |t| (t.tasks_done, t.max_tasks_per_child) = (3, Some(3))
+        ));
+        assert!(!task(
+            |t| (t.tasks_done, t.max_tasks_per_child) = (2, Some(3))
+        ));
     }
 
     #[test]
     fn the_memory_bound_is_inclusive() {
-        let at = FinishedTask {
-            memory: Some((100, 100)),
-            ..finished()
-        };
-        assert!(retire_after_task(at));
-        let below = FinishedTask {
-            memory: Some((99, 100)),
-            ..finished()
-        };
-        assert!(!retire_after_task(below));
+        assert!(task(|t| t.memory = Some((100, 100))));
+        assert!(!task(|t| t.memory = Some((99, 100))));
     }
 
     #[test]
     fn surplus_workers_retire_when_nothing_waits() {
-        let surplus = FinishedTask {
-            serving: 3,
-            backlog_empty: true,
-            ..finished()
-        };
-        assert!(retire_after_task(surplus));
-        let needed = FinishedTask {
-            serving: 3,
-            ..finished()
-        };
-        assert!(!retire_after_task(needed));
-        let at_floor = FinishedTask {
-            backlog_empty: true,
-            ..finished()
-        };
-        assert!(!retire_after_task(at_floor));
+        assert!(task(|t| (t.serving, t.backlog_empty) = (3, true)));
+        assert!(!task(|t| t.serving = 3), "work is waiting");
+        assert!(!task(|t| t.backlog_empty = true), "at the floor");
     }
 
     #[test]
-    fn closing_with_nothing_waiting_retires() {
-        let closing = FinishedTask {
-            closing: true,
-            backlog_empty: true,
-            ..finished()
-        };
-        assert!(retire_after_task(closing));
-        let closing_with_work = FinishedTask {
-            closing: true,
-            ..finished()
-        };
-        assert!(!retire_after_task(closing_with_work));
+    fn a_closing_pool_retires_workers_once_nothing_waits() {
+        assert!(task(|t| (t.closing, t.backlog_empty) = (true, true)));
+        assert!(!task(|t| t.closing = true));
     }
 
     #[test]

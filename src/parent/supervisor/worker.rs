@@ -16,13 +16,18 @@ use super::policy::RETIRE_GRACE;
 use crate::parent::buffers::BufferPool;
 use crate::parent::killer::Killer;
 use crate::parent::zygote_client::{WorkerChannels, Zygote};
-use crate::wire::frame::{FrameReader, PendingWrite, Tag, MAX_BODY_LEN};
+use crate::wire::frame::{FrameReader, PendingWrite, ReadOutcome, Tag, MAX_BODY_LEN};
 use crate::wire::status::StatusDecoder;
 use std::collections::VecDeque;
 use std::fs::File;
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// How much of a status pipe one read takes: records are 8 bytes, and a
+/// worker has two.
+const STATUS_READ: usize = 64;
 
 pub enum State {
     /// Spawned; its settings are on the way and `Ready` has not arrived.
@@ -140,6 +145,56 @@ impl Worker {
         match &mut self.link {
             Link::Connected(pipes) => Some(pipes),
             Link::AwaitingFork { .. } => None,
+        }
+    }
+
+    /// The next result frame, or what stopped it; None once the result pipe
+    /// is closed (or was never open).
+    pub fn read_result(&mut self) -> Option<io::Result<ReadOutcome>> {
+        let Link::Connected(pipes) = &mut self.link else {
+            return None;
+        };
+        let result_r = pipes.result_r.as_mut()?;
+        Some(self.reader.read_from(result_r))
+    }
+
+    pub fn close_results(&mut self) {
+        if let Some(pipes) = self.pipes() {
+            pipes.result_r = None;
+        }
+    }
+
+    pub fn results_closed(&self) -> bool {
+        matches!(&self.link, Link::Connected(pipes) if pipes.result_r.is_none())
+    }
+
+    /// Reads what the status pipe holds into the decoder, closing the pipe at
+    /// its end; false if it was closed already (or never open).
+    pub fn drain_status(&mut self) -> bool {
+        let Link::Connected(pipes) = &mut self.link else {
+            return false;
+        };
+        let Some(status_r) = pipes.status_r.as_mut() else {
+            return false;
+        };
+        if drain_into(status_r, &mut self.status) {
+            pipes.status_r = None;
+        }
+        true
+    }
+
+    /// Its zygote closed the status pipe: gone, unless it reported the exit.
+    pub fn zygote_gone(&self) -> bool {
+        matches!(&self.link, Link::Connected(pipes) if pipes.status_r.is_none())
+    }
+
+    pub fn shared_zygote_pid(&self) -> Option<i32> {
+        match &self.link {
+            Link::Connected(Pipes {
+                zygote: Zygotes::Shared { pid },
+                ..
+            }) => Some(*pid),
+            _ => None,
         }
     }
 
@@ -273,5 +328,20 @@ impl Worker {
             }
         }
         true
+    }
+}
+
+/// Reads what the pipe holds into `decoder`; true once it reached end of file
+/// (or failed, which ends it just the same).
+fn drain_into(pipe: &mut impl Read, decoder: &mut StatusDecoder) -> bool {
+    let mut buf = [0u8; STATUS_READ];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => decoder.feed(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
     }
 }
