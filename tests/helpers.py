@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deadpool import _worker
+from deadpool import _zygote
 
 from tests import tasks
 
@@ -112,7 +112,7 @@ def process_name(pid: int) -> str:
 
 def is_spare(pid: int) -> bool:
     """The shared zygote's spare: forked ahead, waiting to become a worker."""
-    return process_name(pid) == _worker.SPARE_NAME
+    return process_name(pid) == _zygote.SPARE_NAME
 
 
 def processes_with_env_token(token: str) -> list[int]:

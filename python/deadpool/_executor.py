@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from deadpool import _core, _worker
+from deadpool import _core, _worker, _zygote
 from deadpool._exceptions import PoolClosed, ProcessError, RemoteTraceback, TimeoutError
 from deadpool._future import Future
 
@@ -65,7 +65,7 @@ class Deadpool(concurrent.futures.Executor):
         malloc_trim_rss_memory_threshold_bytes: int | None = None,
         propagate_environ: Mapping[str, str] | None = None,
     ) -> None:
-        if _worker.preparing:
+        if _zygote.preparing:
             raise RuntimeError(
                 "a Deadpool was created while a worker process imported the main module; "
                 'create pools under `if __name__ == "__main__":`'
@@ -136,7 +136,7 @@ class Deadpool(concurrent.futures.Executor):
             static_config=static_config,
             dispatch=self._dispatcher,
             make_config=self._worker_config if static_config is None else None,
-            fork_zygote=_worker.fork_zygote if start_method == "fork" else None,
+            fork_zygote=_zygote.fork_zygote if start_method == "fork" else None,
         )
         self._dispatcher.note_failed = self._core.note_failed
         _live_pools.add(self._core)
