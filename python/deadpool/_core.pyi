@@ -5,6 +5,27 @@ from typing import Any
 
 __version__: str
 
+# The wire (re-exported by deadpool._wire).
+TAG_CONFIG: int
+TAG_TASK: int
+TAG_RETIRE: int
+TAG_READY: int
+TAG_OK: int
+TAG_ERR: int
+STATUS_PID: int
+STATUS_EXIT: int
+WORKER_REQUEST: bytes
+WORKER_REQUEST_FDS: int
+EVENT_STARTED: int
+EVENT_RETURNED: int
+EVENT_RAISED: int
+EVENT_TIMED_OUT: int
+EVENT_CANCELLED: int
+EVENT_LOST: int
+CANCEL_NOT_FOUND: int
+CANCEL_REMOVED_PENDING: int
+CANCEL_KILLED_RUNNING: int
+
 class Pool:
     def __new__(
         cls,
@@ -53,3 +74,5 @@ def process_name() -> str: ...
 def set_process_name(name: str) -> None: ...
 def shared_zygote_pid() -> int | None: ...
 def forget_zygote_after_fork() -> None: ...
+def write_status(fd: int, kind: int, value: int) -> None: ...
+def read_preparation(fd: int) -> bytes | None: ...

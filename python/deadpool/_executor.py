@@ -25,14 +25,18 @@ from typing import Any
 from deadpool import _core, _worker, _zygote
 from deadpool._exceptions import PoolClosed, ProcessError, RemoteTraceback, TimeoutError
 from deadpool._future import Future
+from deadpool._wire import (
+    EVENT_CANCELLED,
+    EVENT_RAISED,
+    EVENT_RETURNED,
+    EVENT_STARTED,
+    EVENT_TIMED_OUT,
+)
 
 logger = logging.getLogger("deadpool")
 
 _START_METHODS = ("forkserver", "spawn", "fork")
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
-
-# Event kinds from the core (src/pool.rs).
-_STARTED, _RETURNED, _RAISED, _TIMED_OUT, _CANCELLED, _LOST = range(6)
 
 _MAX_PRIORITY = 2**64 - 1
 _MAX_INT = 2**63 - 1
@@ -295,7 +299,7 @@ class _Dispatcher:
             # A user callback raising anything (even SystemExit) must cost
             # nothing but itself: every other event of the batch is delivered.
             try:
-                if kind == _STARTED:
+                if kind == EVENT_STARTED:
                     future = futures.get(task_id)
                     if future is not None:
                         future._started(pid)
@@ -331,7 +335,7 @@ class _Dispatcher:
             raise
 
     def _settle(self, future: Future, kind: int, payload: Any) -> None:
-        if kind == _RETURNED:
+        if kind == EVENT_RETURNED:
             try:
                 result = pickle.loads(payload)
             except BaseException as exc:
@@ -341,15 +345,15 @@ class _Dispatcher:
                 future._resolve(exception=error)
                 return
             future._resolve(result)
-        elif kind == _RAISED:
+        elif kind == EVENT_RAISED:
             future._resolve(exception=_remote_exception(payload))
-        elif kind == _TIMED_OUT:
+        elif kind == EVENT_TIMED_OUT:
             future._resolve(
                 exception=TimeoutError(f"the task timed out; worker {future.pid} was killed")
             )
-        elif kind == _CANCELLED:
+        elif kind == EVENT_CANCELLED:
             future._force_cancelled()
-        else:
+        else:  # EVENT_LOST: the payload says how the worker was lost
             future._resolve(exception=ProcessError(payload))
 
 

@@ -17,6 +17,7 @@ import sys
 import traceback
 
 from deadpool import _core
+from deadpool._wire import TAG_CONFIG, TAG_ERR, TAG_OK, TAG_READY, TAG_RETIRE, TAG_TASK
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,10 +31,6 @@ def _log_exception(message: str, *args: object) -> None:
 
     logging.getLogger("deadpool").exception(message, *args)
 
-
-# Frame tags (src/protocol.rs).
-TAG_CONFIG, TAG_TASK, TAG_RETIRE = 1, 2, 3
-TAG_READY, TAG_OK, TAG_ERR = 10, 11, 12
 
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 

@@ -17,21 +17,23 @@ import pickle
 import selectors
 import signal
 import socket
-import struct
 import time
 import traceback
 
 from deadpool import _core
+from deadpool._wire import (
+    STATUS_EXIT,
+    STATUS_PID,
+    WORKER_REQUEST,
+    WORKER_REQUEST_FDS,
+    read_preparation,
+    write_status,
+)
 from deadpool._worker import _flush_stdio, _log_exception, worker_main
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-# Status records, zygote -> pool (src/zygote.rs).
-STATUS_PID, STATUS_EXIT = 1, 2
-_STATUS = struct.Struct("<Ii")
-_REQUEST_LEN = 8
 
 # True while a zygote imports the parent's __main__: a script without an
 # `if __name__ == "__main__":` guard must not start pools from there.
@@ -51,7 +53,10 @@ def zygote_main(control_fd: int, single: bool, forked_from_parent: bool = False)
     control = socket.socket(fileno=control_fd)
     if not forked_from_parent:
         _core.become_zygote()
-        _prepare(_read_preparation(control))
+        preparation = read_preparation(control.fileno())
+        if preparation is None:
+            os._exit(0)  # the pool went away before we started
+        _prepare(preparation)
     try:
         # A zygote forked from the parent dies with the parent's thread
         # (PDEATHSIG), not by its lifeline; its worker must follow it.
@@ -77,22 +82,6 @@ def fork_zygote(child_fd: int) -> int:
         finally:
             os._exit(0)
     return pid
-
-
-def _read_preparation(control: socket.socket) -> bytes:
-    (length,) = struct.unpack("<Q", _recv_exactly(control, 8))
-    return _recv_exactly(control, length)
-
-
-def _recv_exactly(control: socket.socket, length: int) -> bytes:
-    chunks = []
-    while length:
-        chunk = control.recv(min(length, 1 << 20))
-        if not chunk:
-            os._exit(0)  # the pool went away before we started
-        chunks.append(chunk)
-        length -= len(chunk)
-    return b"".join(chunks)
 
 
 def _prepare(preparation: bytes) -> None:
@@ -185,19 +174,11 @@ class _Zygote:
 
     def take_request(self) -> bool:
         """False when the lifeline is gone."""
-        try:
-            message, fds, _flags, _addr = socket.recv_fds(self.control, _REQUEST_LEN, 3)
-        except InterruptedError:
-            return True
-        except OSError:
+        fds = receive_request(self.control)
+        if fds is None:
             return False
-        if not message:
-            return False
-        if len(fds) != 3:
-            for fd in fds:
-                os.close(fd)
-            return True
-        self.start_worker(*fds)
+        if fds:
+            self.start_worker(*fds)
         return True
 
     def start_worker(self, task_r: int, result_w: int, status_w: int) -> None:
@@ -347,8 +328,30 @@ class _Zygote:
                 time.sleep(0.001)
 
 
+def receive_request(control: socket.socket) -> list[int] | None:
+    """One worker request from the pool: the worker's task pipe (read end),
+    result pipe (write end) and status pipe (write end). None when the
+    lifeline is gone; [] for a request to ignore (interrupted, or malformed:
+    its descriptors are closed)."""
+    try:
+        message, fds, _flags, _addr = socket.recv_fds(
+            control, len(WORKER_REQUEST), WORKER_REQUEST_FDS
+        )
+    except InterruptedError:
+        return []
+    except OSError:
+        return None
+    if not message:
+        return None
+    if len(fds) != WORKER_REQUEST_FDS:
+        for fd in fds:
+            os.close(fd)
+        return []
+    return fds
+
+
 def _write_status(fd: int, kind: int, value: int) -> None:
     try:
-        os.write(fd, _STATUS.pack(kind, value))
+        write_status(fd, kind, value)
     except OSError:
         pass  # the pool closed its end: it no longer waits for this worker
