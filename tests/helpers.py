@@ -102,6 +102,14 @@ def zygote_pids(parent: int | None = None) -> list[int]:
     ]
 
 
+def core_testing() -> Any:
+    """The core's test-only functions: ``descendants(pid)``, ``shared_zygote_pid()``."""
+    from deadpool import _core
+
+    # TEMPORARY: until the core fences them into deadpool._core._testing.
+    return getattr(_core, "_testing", _core)
+
+
 def process_name(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:

@@ -29,7 +29,7 @@ SCRIPT = r'''
 import concurrent.futures, json, linecache, os, sys, threading, time
 import deadpool
 from tests import stress_tasks
-from tests.helpers import is_spare
+from tests.helpers import core_testing, is_spare
 
 
 def announce_when_blocked(main_ident, stop):
@@ -122,12 +122,12 @@ def main(case, directory):
         report["running"] = outcome(running, 10)
         report["queued"] = outcome(queued, 10)
     report["released"] = os.path.exists(release)
-    zygote = deadpool._core.shared_zygote_pid()
+    zygote = core_testing().shared_zygote_pid()
     deadline = time.monotonic() + 10
     while True:
         left = [
             p
-            for p in deadpool._core.descendants(os.getpid())
+            for p in core_testing().descendants(os.getpid())
             if p != zygote and not is_spare(p) and alive(p)
         ]
         if not left or time.monotonic() > deadline:

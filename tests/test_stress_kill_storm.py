@@ -17,7 +17,7 @@ import deadpool
 import pytest
 
 from tests import stress_tasks
-from tests.helpers import describe, is_alive, is_spare, pool, wait_until
+from tests.helpers import core_testing, describe, is_alive, is_spare, pool, wait_until
 
 pytestmark = pytest.mark.stress
 
@@ -96,7 +96,7 @@ def _under_kill_storm(submit_all) -> tuple[list, list[int]]:
 
 
 def _shared_zygote() -> int:
-    pid = deadpool._core.shared_zygote_pid()
+    pid = core_testing().shared_zygote_pid()
     assert pid is not None and is_alive(pid), f"no live shared zygote ({pid})"
     return pid
 
@@ -216,7 +216,7 @@ def _kill_zygote_and_a_worker(rng) -> tuple[int, list[int], int | None]:
 
 def _wait_for_new_zygote(old: set[int]) -> int:
     def fresh():
-        pid = deadpool._core.shared_zygote_pid()
+        pid = core_testing().shared_zygote_pid()
         return pid if pid is not None and pid not in old and is_alive(pid) else None
 
     return wait_until(fresh, timeout=60, message=f"no new zygote after killing {sorted(old)}")
