@@ -74,41 +74,21 @@ class Deadpool(concurrent.futures.Executor):
                 "a Deadpool was created while a worker process imported the main module; "
                 'create pools under `if __name__ == "__main__":`'
             )
-        if max_workers is None:
-            max_workers = len(os.sched_getaffinity(0))
-        max_workers = _int_at_least("max_workers", max_workers, 1, _MAX_WORKERS)
-        min_workers = (
-            max_workers if min_workers is None else _int_at_least("min_workers", min_workers, 0)
-        )
-        if min_workers > max_workers:
-            raise ValueError(
-                f"min_workers ({min_workers}) must not exceed max_workers ({max_workers})"
-            )
-        max_tasks_per_child = _optional(_positive_int, "max_tasks_per_child", max_tasks_per_child)
-        max_worker_memory_bytes = _optional(
-            _positive_int, "max_worker_memory_bytes", max_worker_memory_bytes
+        sizes = _validated_sizes(
+            max_workers, min_workers, max_tasks_per_child, max_worker_memory_bytes
         )
         trim_threshold = _optional(
             partial(_int_at_least, minimum=0),
             "malloc_trim_rss_memory_threshold_bytes",
             malloc_trim_rss_memory_threshold_bytes,
         )
-        max_backlog = _int_at_least("max_backlog", max_backlog, 0)
+        sizes["max_backlog"] = _int_at_least("max_backlog", max_backlog, 0)
         start_method = _start_method(mp_context)
-        for name, fn in (("initializer", initializer), ("finalizer", finalizer)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
+        _check_callables(initializer=initializer, finalizer=finalizer)
         initargs = _as_tuple("initargs", initargs)
         finalargs = _as_tuple("finalargs", finalargs)
-        if propagate_environ is not None and not isinstance(propagate_environ, Mapping):
-            kind = type(propagate_environ).__name__
-            raise TypeError(f"propagate_environ must be a mapping or None, not {kind}")
-        for name, flag in (
-            ("shutdown_wait", shutdown_wait),
-            ("shutdown_cancel_futures", shutdown_cancel_futures),
-        ):
-            if flag is not None and not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool or None, not {type(flag).__name__}")
+        _check_mapping("propagate_environ", propagate_environ)
+        _check_flags(shutdown_wait=shutdown_wait, shutdown_cancel_futures=shutdown_cancel_futures)
 
         self._settings = {
             "initializer": initializer,
@@ -118,22 +98,24 @@ class Deadpool(concurrent.futures.Executor):
             "malloc_trim_threshold": trim_threshold,
         }
         self._propagate_environ = propagate_environ
-        static_config = None if propagate_environ is not None else self._worker_config()
-        self._max_workers = max_workers
+        self._max_workers = sizes["max_workers"]
         self._shutdown_wait = shutdown_wait
         self._shutdown_cancel_futures = shutdown_cancel_futures
         self.daemon = daemon
         self._ids = itertools.count()
         self._closed = False
-        self._shutdown_lock = threading.Lock()
-        self._owner_pid = os.getpid()
+        self._owner_pid = _this_pid
         self._dispatcher = _Dispatcher()
-        self._core = _core.Pool(
-            max_workers=max_workers,
-            min_workers=min_workers,
-            max_backlog=max_backlog,
-            max_tasks_per_child=max_tasks_per_child,
-            max_worker_memory_bytes=max_worker_memory_bytes,
+        self._core = self._start_core(start_method, sizes)
+        _live_pools.add(self._core)
+        # Dropped without shutdown(): let the work finish, then release the workers.
+        weakref.finalize(self, _release, self._core, self._owner_pid)
+
+    def _start_core(self, start_method: str, sizes: dict[str, int | None]) -> Any:
+        """The Rust pool, with its workers starting."""
+        static_config = None if self._propagate_environ is not None else self._worker_config()
+        core = _core.Pool(
+            **sizes,
             start_method=start_method,
             argv=[sys.executable, *subprocess._args_from_interpreter_flags()],
             preparation=_preparation_data() if start_method != "fork" else b"",
@@ -142,10 +124,8 @@ class Deadpool(concurrent.futures.Executor):
             make_config=self._worker_config if static_config is None else None,
             fork_zygote=_zygote.fork_zygote if start_method == "fork" else None,
         )
-        self._dispatcher.note_failed = self._core.note_failed
-        _live_pools.add(self._core)
-        # Dropped without shutdown(): let the work finish, then release the workers.
-        weakref.finalize(self, _release, self._core, self._owner_pid)
+        self._dispatcher.note_failed = core.note_failed
+        return core
 
     def _worker_config(self) -> bytes:
         settings = dict(self._settings)
@@ -230,12 +210,16 @@ class Deadpool(concurrent.futures.Executor):
             if not isinstance(flag, int):  # bool, or 0/1 as older code passes
                 raise TypeError(f"{name} must be a bool, not {type(flag).__name__}")
         wait, cancel_futures = bool(wait), bool(cancel_futures)
-        if os.getpid() != self._owner_pid:
+        self._close(
+            cancel_pending=cancel_futures or not wait,
+            kill_running=cancel_futures and not wait,
+            wait=wait,
+        )
+
+    def _close(self, cancel_pending: bool, kill_running: bool, wait: bool) -> None:
+        if not _owned_by_this_process(self._owner_pid):
             return  # a forked child: the parent's workers are not ours to stop
-        with self._shutdown_lock:
-            self._closed = True
-        cancel_pending = cancel_futures or not wait
-        kill_running = cancel_futures and not wait
+        self._closed = True
         self._stop(cancel_pending, kill_running)
         if wait:
             try:
@@ -253,9 +237,9 @@ class Deadpool(concurrent.futures.Executor):
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            # Interrupted inside the block: kill the work instead of waiting for it.
-            self.shutdown(wait=False, cancel_futures=True)
-            self._core.wait()
+            # Interrupted inside the block: kill the work instead of waiting for
+            # it, then wait for the workers to go.
+            self._close(cancel_pending=True, kill_running=True, wait=True)
             return False
         wait = True if self._shutdown_wait is None else self._shutdown_wait
         cancel = False if self._shutdown_cancel_futures is None else self._shutdown_cancel_futures
@@ -275,7 +259,7 @@ class Deadpool(concurrent.futures.Executor):
         self._core.clear_workers()
 
     def _check_usable(self) -> None:
-        if _this_pid != self._owner_pid:
+        if not _owned_by_this_process(self._owner_pid):
             raise PoolClosed(
                 f"this pool belongs to process {self._owner_pid}; "
                 "a process made by os.fork() must create its own pool"
@@ -402,9 +386,48 @@ def _as_tuple(name: str, value: Any) -> tuple[Any, ...]:
     return tuple(value)
 
 
+def _validated_sizes(
+    max_workers: Any, min_workers: Any, max_tasks_per_child: Any, max_worker_memory_bytes: Any
+) -> dict[str, int | None]:
+    """The pool's sizes and limits, as the core's keyword arguments. The
+    defaults: max_workers, all the CPUs we may run on; min_workers, max_workers."""
+    if max_workers is None:
+        max_workers = len(os.sched_getaffinity(0))
+    max_workers = _int_at_least("max_workers", max_workers, 1, _MAX_WORKERS)
+    min_workers = (
+        max_workers if min_workers is None else _int_at_least("min_workers", min_workers, 0)
+    )
+    if min_workers > max_workers:
+        raise ValueError(f"min_workers ({min_workers}) must not exceed max_workers ({max_workers})")
+    return {
+        "max_workers": max_workers,
+        "min_workers": min_workers,
+        "max_tasks_per_child": _optional(_positive_int, "max_tasks_per_child", max_tasks_per_child),
+        "max_worker_memory_bytes": _optional(
+            _positive_int, "max_worker_memory_bytes", max_worker_memory_bytes
+        ),
+    }
+
+
+def _check_callables(**callables: Any) -> None:
+    for name, fn in callables.items():
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
+
+
+def _check_mapping(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping or None, not {type(value).__name__}")
+
+
+def _check_flags(**flags: Any) -> None:
+    for name, flag in flags.items():
+        if flag is not None and not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool or None, not {type(flag).__name__}")
+
+
 def _check_timeout(timeout: Any) -> float | None:
-    if timeout is None:
-        return None
+    """``deadpool_timeout`` (not None) as seconds; None for infinity."""
     timeout = _seconds("deadpool_timeout", timeout)
     if math.isinf(timeout):
         return None
@@ -482,7 +505,7 @@ _live_pools: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _release(core: Any, owner_pid: int) -> None:
-    if os.getpid() == owner_pid:
+    if _owned_by_this_process(owner_pid):
         core.shutdown(False, False)
 
 
@@ -497,6 +520,11 @@ def _finish_pools_at_exit() -> None:
 # This process's pid, kept current by the fork hook so that submit() (the hot
 # path) needs no getpid() system call to notice it runs in a forked child.
 _this_pid = os.getpid()
+
+
+def _owned_by_this_process(owner_pid: int) -> bool:
+    """False in a child made by os.fork(): a pool belongs to the process that made it."""
+    return _this_pid == owner_pid
 
 
 def _after_fork_in_child() -> None:
