@@ -6,6 +6,7 @@ import concurrent.futures
 import importlib.metadata
 import multiprocessing
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -67,9 +68,30 @@ def test_importing_the_package_loads_no_executor_until_used():
     ).stdout.splitlines()
     assert out == [
         "[]",
-        "deadpool._executor deadpool._exceptions True",
+        "deadpool._executor deadpool True",
         "AttributeError module 'deadpool' has no attribute 'no_such_name'",
     ]
+
+
+@pytest.mark.parametrize("name", ["TimeoutError", "ProcessError", "PoolClosed"])
+def test_public_exceptions_name_deadpool_and_unpickle_in_a_fresh_interpreter(name):
+    exc_type = getattr(deadpool, name)
+    assert exc_type.__module__ == "deadpool"
+    # A fresh interpreter has not imported deadpool._exceptions: unpickling
+    # goes through deadpool's lazy __getattr__.
+    probe = (
+        "import pickle, sys\n"
+        "exc = pickle.loads(sys.stdin.buffer.read())\n"
+        "print(type(exc).__module__, type(exc).__qualname__, exc.args)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        input=pickle.dumps(exc_type("x")),
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert out.decode() == f"deadpool {name} ('x',)\n"
 
 
 def test_exception_hierarchy():
