@@ -387,5 +387,7 @@ def test_workers_and_zygote_die_with_a_sigkilled_parent(tmp_path, method):
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
         for pid in processes_with_env_token(token):  # never leak, even on failure
             os.kill(pid, signal.SIGKILL)

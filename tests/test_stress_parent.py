@@ -57,6 +57,7 @@ def _run_for_report(script_text: str, tmp_path, *args, name: str, timeout: float
         )
     finally:
         _kill_session(proc, token)
+        _close_pipes(proc)
     return json.loads([x for x in out.splitlines() if x.startswith(b"REPORT ")][-1][7:])
 
 
@@ -70,6 +71,11 @@ def _kill_session(proc: subprocess.Popen, token: str) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _close_pipes(proc: subprocess.Popen) -> None:
+    proc.stdout.close()
+    proc.stderr.close()
 
 
 # ---------------------------------------------------------------- parent death
@@ -143,6 +149,7 @@ def test_everything_dies_within_two_seconds_of_the_parent(tmp_path, method):
         assert not stray, f"alive and not in the tree: {describe(stray)}"
     finally:
         _kill_session(proc, token)
+        _close_pipes(proc)
 
 
 # ---------------------------------------------------------------- short-lived thread
