@@ -39,15 +39,22 @@ def wait_until(
 # ---------------------------------------------------------------- /proc helpers
 
 
-def _stat(pid: int) -> tuple[int, str] | None:
-    """(ppid, state) of `pid`, or None if it does not exist."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (``[0]`` state,
+    ``[1]`` ppid, ``[19]`` start time), or None if `pid` does not exist."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read().decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    except OSError:
         return None
-    rest = data[data.rindex(")") + 2 :].split()
-    return int(rest[1]), rest[0]
+    # The name is in parentheses and may itself contain ") ".
+    return data[data.rindex(")") + 2 :].split()
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(ppid, state) of `pid`, or None if it does not exist."""
+    fields = proc_stat(pid)
+    return None if fields is None else (int(fields[1]), fields[0])
 
 
 def process_table() -> dict[int, tuple[int, str]]:

@@ -29,7 +29,7 @@ SCRIPT = r'''
 import concurrent.futures, json, linecache, os, sys, threading, time
 import deadpool
 from tests import stress_tasks
-from tests.helpers import core_testing, is_spare
+from tests.helpers import core_testing, is_alive, is_spare
 
 
 def announce_when_blocked(main_ident, stop):
@@ -50,14 +50,6 @@ def announce_when_blocked(main_ident, stop):
             line = linecache.getline(*where).strip()
             print(f"BLOCKED {where[0]}:{where[1]}: {line}", flush=True)
             return
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def outcome(fut, timeout):
@@ -128,7 +120,7 @@ def main(case, directory):
         left = [
             p
             for p in core_testing().descendants(os.getpid())
-            if p != zygote and not is_spare(p) and alive(p)
+            if p != zygote and not is_spare(p) and is_alive(p)
         ]
         if not left or time.monotonic() > deadline:
             break

@@ -17,7 +17,15 @@ import deadpool
 import pytest
 
 from tests import stress_tasks
-from tests.helpers import core_testing, describe, is_alive, is_spare, pool, wait_until
+from tests.helpers import (
+    core_testing,
+    describe,
+    is_alive,
+    is_spare,
+    pool,
+    proc_stat,
+    wait_until,
+)
 
 pytestmark = pytest.mark.stress
 
@@ -271,12 +279,8 @@ def test_zygote_killed_repeatedly_loses_no_future():
 
 
 def _is_our_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return rest[0] == "Z" and int(rest[1]) == os.getpid()
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] == "Z" and int(fields[1]) == os.getpid()
 
 
 def test_zygote_killed_while_idle_then_the_pool_goes_on():
