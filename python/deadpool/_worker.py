@@ -85,13 +85,19 @@ def _initialise(settings: dict[str, Any]) -> None:
     environ = settings.get("environ")
     if environ:
         os.environ.update(environ)
-    initializer = settings.get("initializer")
-    if initializer is not None:
+    # As in the original: a failed initializer is logged, and the worker
+    # still serves tasks.
+    _call_hook(settings, "initializer", "initargs")
+
+
+def _call_hook(settings: dict[str, Any], name: str, args_name: str) -> None:
+    """Call the user's initializer or finalizer, if any; log what it raises."""
+    hook = settings.get(name)
+    if hook is not None:
         try:
-            initializer(*settings.get("initargs", ()))
+            hook(*settings.get(args_name, ()))
         except BaseException:
-            # As in the original: the worker still serves tasks.
-            _log_exception("deadpool worker initializer %r failed", initializer)
+            _log_exception(f"deadpool worker {name} %r failed", hook)
 
 
 def run_task(body: bytes) -> tuple[int, bytes]:
@@ -143,12 +149,7 @@ def run_chunk(fn: Any, chunk: list[tuple[Any, ...]]) -> tuple[list[Any], BaseExc
 def _retire(settings: dict[str, Any]) -> None:
     """Graceful exit: the finalizer, then atexit handlers, then anything the
     tasks left running is killed so that nothing outlives the worker."""
-    finalizer = settings.get("finalizer")
-    if finalizer is not None:
-        try:
-            finalizer(*settings.get("finalargs", ()))
-        except BaseException:
-            _log_exception("deadpool worker finalizer %r failed", finalizer)
+    _call_hook(settings, "finalizer", "finalargs")
     try:
         atexit._run_exitfuncs()
     except BaseException:
