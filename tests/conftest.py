@@ -14,12 +14,8 @@ LEFTOVER_DEADLINE = 10.0
 
 
 def _start_time(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode(errors="replace")
-    except OSError:
-        return 0
-    return int(data[data.rindex(")") + 2 :].split()[19])
+    fields = helpers.proc_stat(pid)
+    return 0 if fields is None else int(fields[19])
 
 
 def _leftovers(before: set[int]) -> dict[int, tuple[int, str]]:

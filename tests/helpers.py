@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deadpool import _worker
+from deadpool import _zygote
 
 from tests import tasks
 
@@ -39,15 +39,22 @@ def wait_until(
 # ---------------------------------------------------------------- /proc helpers
 
 
-def _stat(pid: int) -> tuple[int, str] | None:
-    """(ppid, state) of `pid`, or None if it does not exist."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (``[0]`` state,
+    ``[1]`` ppid, ``[19]`` start time), or None if `pid` does not exist."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read().decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    except OSError:
         return None
-    rest = data[data.rindex(")") + 2 :].split()
-    return int(rest[1]), rest[0]
+    # The name is in parentheses and may itself contain ") ".
+    return data[data.rindex(")") + 2 :].split()
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(ppid, state) of `pid`, or None if it does not exist."""
+    fields = proc_stat(pid)
+    return None if fields is None else (int(fields[1]), fields[0])
 
 
 def process_table() -> dict[int, tuple[int, str]]:
@@ -102,6 +109,13 @@ def zygote_pids(parent: int | None = None) -> list[int]:
     ]
 
 
+def core_testing() -> Any:
+    """The core's test-only functions: ``descendants(pid)``, ``shared_zygote_pid()``."""
+    from deadpool import _core
+
+    return _core._testing
+
+
 def process_name(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
@@ -112,7 +126,7 @@ def process_name(pid: int) -> str:
 
 def is_spare(pid: int) -> bool:
     """The shared zygote's spare: forked ahead, waiting to become a worker."""
-    return process_name(pid) == _worker.SPARE_NAME
+    return process_name(pid) == _zygote.SPARE_NAME
 
 
 def processes_with_env_token(token: str) -> list[int]:

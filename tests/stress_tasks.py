@@ -8,7 +8,6 @@ failing test can never leave something running forever.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 import select
@@ -17,24 +16,17 @@ import subprocess
 import sys
 import time
 
-from tests.tasks import append_line, write_atomic
+from tests import tasks
+from tests.tasks import BLOCK_LIMIT, append_line, wait_for_file, write_atomic
 
-BLOCK_LIMIT = 60.0
 ORPHAN_LIMIT = 120.0
 MiB = 1024 * 1024
 
-
-# ---------------------------------------------------------------- small utilities
-
-
-def wait_for_file(path: str, limit: float = BLOCK_LIMIT) -> bool:
-    """Poll for `path` (no fd needed, so it works after os.closerange); False on timeout."""
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+# Shared with tests.tasks (where they live, and are pickled by reference to),
+# under the names the stress tests use.
+block_until = tasks.block_until_released
+kill_self = tasks.kill_self
+segfault = tasks.segfault
 
 
 # ---------------------------------------------------------------- plain tasks
@@ -68,14 +60,6 @@ def record_once(path, i):
     return i
 
 
-def block_until(started, release, value=None):
-    """Write our pid to `started`, then wait (bounded) for `release`."""
-    write_atomic(started, str(os.getpid()))
-    if not wait_for_file(release):
-        raise RuntimeError(f"{release} never appeared")
-    return value
-
-
 # ---------------------------------------------------------------- self-destruction
 
 
@@ -96,17 +80,8 @@ def raise_base_exception(name, *args):
     }[name](*args)
 
 
-def segfault():
-    ctypes.string_at(0)
-
-
 def abort():
     os.abort()
-
-
-def kill_self(signum):
-    os.kill(os.getpid(), signum)
-    time.sleep(BLOCK_LIMIT)
 
 
 def close_all_fds_then_return(value):

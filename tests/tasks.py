@@ -41,12 +41,19 @@ def append_line(path: str, line: str) -> None:
         os.close(fd)
 
 
-def _wait_for_file(path: str, limit: float = BLOCK_LIMIT) -> None:
+def wait_for_file(path: str, limit: float = BLOCK_LIMIT) -> bool:
+    """Poll for `path` (no fd needed, so it works after os.closerange); False on timeout."""
     deadline = time.monotonic() + limit
     while not os.path.exists(path):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} never appeared")
+            return False
         time.sleep(0.005)
+    return True
+
+
+def _wait_for_file(path: str, limit: float = BLOCK_LIMIT) -> None:
+    if not wait_for_file(path, limit):
+        raise RuntimeError(f"{path} never appeared")
 
 
 # ---------------------------------------------------------------- plain tasks

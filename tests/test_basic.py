@@ -6,6 +6,8 @@ import concurrent.futures
 import importlib.metadata
 import multiprocessing
 import os
+import pickle
+import platform
 import re
 import subprocess
 import sys
@@ -67,9 +69,30 @@ def test_importing_the_package_loads_no_executor_until_used():
     ).stdout.splitlines()
     assert out == [
         "[]",
-        "deadpool._executor deadpool._exceptions True",
+        "deadpool._executor deadpool True",
         "AttributeError module 'deadpool' has no attribute 'no_such_name'",
     ]
+
+
+@pytest.mark.parametrize("name", ["TimeoutError", "ProcessError", "PoolClosed"])
+def test_public_exceptions_name_deadpool_and_unpickle_in_a_fresh_interpreter(name):
+    exc_type = getattr(deadpool, name)
+    assert exc_type.__module__ == "deadpool"
+    # A fresh interpreter has not imported deadpool._exceptions: unpickling
+    # goes through deadpool's lazy __getattr__.
+    probe = (
+        "import pickle, sys\n"
+        "exc = pickle.loads(sys.stdin.buffer.read())\n"
+        "print(type(exc).__module__, type(exc).__qualname__, exc.args)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        input=pickle.dumps(exc_type("x")),
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert out.decode() == f"deadpool {name} ('x',)\n"
 
 
 def test_exception_hierarchy():
@@ -141,14 +164,29 @@ def test_default_max_workers_is_cpu_affinity_and_precreated():
         assert stats["worker_processes_idle"] == expected
 
 
-@pytest.mark.parametrize("daemon", [True, False])
-def test_daemon_flag_is_accepted(daemon):
+@pytest.mark.parametrize("daemon", [True, False, 1, "yes"])
+def test_daemon_is_kept_as_passed_and_tasks_may_still_start_processes(tmp_path, daemon):
+    # Accepted for compatibility (the original's README does not define it):
+    # any value is kept as given, and whatever it is, a task may start a
+    # multiprocessing child, which a stdlib daemonic process may not.
+    out = tmp_path / "child.log"
     with pool(max_workers=1, daemon=daemon) as exe:
-        assert exe.submit(tasks.add, 2, 3).result(timeout=30) == 5
+        assert exe.daemon is daemon
+        assert exe.submit(tasks.run_multiprocessing_child, str(out)).result(timeout=60) == 0
+    assert len(out.read_text().splitlines()) == 1
 
 
 def test_trim_memory_in_parent_process():
-    deadpool.trim_memory()
+    # A heap full of free holes: 2000-byte blocks come from malloc (not
+    # pymalloc), and every 64th stays alive, so glibc cannot shrink it itself.
+    blocks = [b"x" * 2000 for _ in range(32768)]
+    kept = blocks[::64]
+    del blocks
+    released = deadpool.trim_memory()
+    del kept
+    assert type(released) is bool
+    # True when memory went back to the OS; without glibc, a no-op.
+    assert released is (platform.libc_ver()[0] == "glibc")
 
 
 QUIET_SCRIPT = """

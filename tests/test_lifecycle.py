@@ -18,6 +18,7 @@ import pytest
 from tests import tasks
 from tests.helpers import (
     Gate,
+    core_testing,
     describe,
     is_alive,
     is_spare,
@@ -224,7 +225,7 @@ def test_task_submitted_right_after_zygote_loss_succeeds():
 
 def _spare_of_the_zygote() -> int | None:
     """The shared zygote's waiting spare, if it has one."""
-    zygote = deadpool._core.shared_zygote_pid()
+    zygote = core_testing().shared_zygote_pid()
     spares = [
         pid
         for pid, (ppid, state) in process_table().items()
@@ -261,19 +262,21 @@ def test_no_spare_while_no_worker_has_died(tmp_path):
             """
             import os, time
             import deadpool
-            from deadpool import _core
             from tests import tasks
 
             if __name__ == "__main__":
+                from tests.helpers import core_testing
+
+                testing = core_testing()
                 with deadpool.Deadpool(max_workers=2, max_tasks_per_child=1) as exe:
                     for i in range(6):
                         assert exe.submit(tasks.square, i).result(timeout=60) == i * i
                     # Watch for 40 refill delays: a spare would show up.
-                    zygote = _core.shared_zygote_pid()
+                    zygote = testing.shared_zygote_pid()
                     names = set()
                     until = time.monotonic() + 0.2
                     while time.monotonic() < until:
-                        for pid in _core.descendants(zygote):
+                        for pid in testing.descendants(zygote):
                             try:
                                 with open(f"/proc/{pid}/comm") as f:
                                     names.add(f.read().strip())
@@ -384,5 +387,7 @@ def test_workers_and_zygote_die_with_a_sigkilled_parent(tmp_path, method):
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
         for pid in processes_with_env_token(token):  # never leak, even on failure
             os.kill(pid, signal.SIGKILL)

@@ -29,7 +29,7 @@ SCRIPT = r'''
 import concurrent.futures, json, linecache, os, sys, threading, time
 import deadpool
 from tests import stress_tasks
-from tests.helpers import is_spare
+from tests.helpers import core_testing, is_alive, is_spare
 
 
 def announce_when_blocked(main_ident, stop):
@@ -50,14 +50,6 @@ def announce_when_blocked(main_ident, stop):
             line = linecache.getline(*where).strip()
             print(f"BLOCKED {where[0]}:{where[1]}: {line}", flush=True)
             return
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def outcome(fut, timeout):
@@ -122,13 +114,13 @@ def main(case, directory):
         report["running"] = outcome(running, 10)
         report["queued"] = outcome(queued, 10)
     report["released"] = os.path.exists(release)
-    zygote = deadpool._core.shared_zygote_pid()
+    zygote = core_testing().shared_zygote_pid()
     deadline = time.monotonic() + 10
     while True:
         left = [
             p
-            for p in deadpool._core.descendants(os.getpid())
-            if p != zygote and not is_spare(p) and alive(p)
+            for p in core_testing().descendants(os.getpid())
+            if p != zygote and not is_spare(p) and is_alive(p)
         ]
         if not left or time.monotonic() > deadline:
             break

@@ -17,7 +17,15 @@ import deadpool
 import pytest
 
 from tests import stress_tasks
-from tests.helpers import describe, is_alive, is_spare, pool, wait_until
+from tests.helpers import (
+    core_testing,
+    describe,
+    is_alive,
+    is_spare,
+    pool,
+    proc_stat,
+    wait_until,
+)
 
 pytestmark = pytest.mark.stress
 
@@ -96,7 +104,7 @@ def _under_kill_storm(submit_all) -> tuple[list, list[int]]:
 
 
 def _shared_zygote() -> int:
-    pid = deadpool._core.shared_zygote_pid()
+    pid = core_testing().shared_zygote_pid()
     assert pid is not None and is_alive(pid), f"no live shared zygote ({pid})"
     return pid
 
@@ -216,7 +224,7 @@ def _kill_zygote_and_a_worker(rng) -> tuple[int, list[int], int | None]:
 
 def _wait_for_new_zygote(old: set[int]) -> int:
     def fresh():
-        pid = deadpool._core.shared_zygote_pid()
+        pid = core_testing().shared_zygote_pid()
         return pid if pid is not None and pid not in old and is_alive(pid) else None
 
     return wait_until(fresh, timeout=60, message=f"no new zygote after killing {sorted(old)}")
@@ -271,12 +279,8 @@ def test_zygote_killed_repeatedly_loses_no_future():
 
 
 def _is_our_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return rest[0] == "Z" and int(rest[1]) == os.getpid()
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] == "Z" and int(fields[1]) == os.getpid()
 
 
 def test_zygote_killed_while_idle_then_the_pool_goes_on():

@@ -15,7 +15,7 @@ import deadpool
 import pytest
 
 from tests import stress_tasks
-from tests.helpers import descendants, describe, is_spare, wait_until
+from tests.helpers import core_testing, descendants, describe, is_spare, wait_until
 
 pytestmark = pytest.mark.stress
 
@@ -43,7 +43,7 @@ def _rss() -> int:
 def _family(before: frozenset[int] = frozenset()) -> dict[int, tuple[int, str]]:
     """Our descendants (zombies included) other than the shared zygote, its
     spare, and those in `before` (left by earlier tests: theirs to report)."""
-    zygote = deadpool._core.shared_zygote_pid()
+    zygote = core_testing().shared_zygote_pid()
     return {
         pid: info
         for pid, info in descendants(os.getpid()).items()

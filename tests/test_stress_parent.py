@@ -57,6 +57,7 @@ def _run_for_report(script_text: str, tmp_path, *args, name: str, timeout: float
         )
     finally:
         _kill_session(proc, token)
+        _close_pipes(proc)
     return json.loads([x for x in out.splitlines() if x.startswith(b"REPORT ")][-1][7:])
 
 
@@ -72,6 +73,11 @@ def _kill_session(proc: subprocess.Popen, token: str) -> None:
             pass
 
 
+def _close_pipes(proc: subprocess.Popen) -> None:
+    proc.stdout.close()
+    proc.stderr.close()
+
+
 # ---------------------------------------------------------------- parent death
 
 PARENT_DEATH_SCRIPT = r"""
@@ -80,6 +86,8 @@ import deadpool
 from tests import stress_tasks
 
 if __name__ == "__main__":
+    from tests.helpers import core_testing
+
     directory, method = sys.argv[1], sys.argv[2]
     exe = deadpool.Deadpool(max_workers=2, mp_context=method, max_backlog=10)
     trees, futures = [], []
@@ -98,7 +106,7 @@ if __name__ == "__main__":
     pids = {
         "workers": [f.pid for f in futures],
         "trees": [int(p) for t in trees for p in open(os.path.join(t, "ready")).read().split()],
-        "all": deadpool._core.descendants(os.getpid()),
+        "all": core_testing().descendants(os.getpid()),
     }
     print("PIDS " + json.dumps(pids), flush=True)
     time.sleep(300)
@@ -141,6 +149,7 @@ def test_everything_dies_within_two_seconds_of_the_parent(tmp_path, method):
         assert not stray, f"alive and not in the tree: {describe(stray)}"
     finally:
         _kill_session(proc, token)
+        _close_pipes(proc)
 
 
 # ---------------------------------------------------------------- short-lived thread
@@ -151,6 +160,8 @@ import deadpool
 from tests import stress_tasks
 
 if __name__ == "__main__":
+    from tests.helpers import core_testing
+
     method = sys.argv[1]
     made = {}
 
@@ -158,7 +169,7 @@ if __name__ == "__main__":
         exe = deadpool.Deadpool(max_workers=2, mp_context=method)
         made["exe"] = exe
         made["first"] = [exe.submit(stress_tasks.tagged, i).result(timeout=60) for i in range(4)]
-        made["zygote"] = deadpool._core.shared_zygote_pid()
+        made["zygote"] = core_testing().shared_zygote_pid()
 
     creator = threading.Thread(target=make)
     creator.start()
@@ -175,7 +186,7 @@ if __name__ == "__main__":
     helper.start()
     helper.join(120)
     stats = exe.get_statistics()
-    zygote_now = deadpool._core.shared_zygote_pid()
+    zygote_now = core_testing().shared_zygote_pid()
     exe.shutdown(wait=True)
     print("REPORT " + json.dumps({
         "values": values,

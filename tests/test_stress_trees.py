@@ -140,6 +140,6 @@ def test_trees_left_by_many_tasks_die_with_retired_workers(tmp_path):
 
 
 # A descendant that re-forks itself as fast as it can (its parent exiting each
-# time) is not pinned here: the kill passes in src/process_tree.rs catch it on
+# time) is not pinned here: the kill passes in src/os/process_tree.rs catch it on
 # an idle machine, but under load it can still outrun a /proc scan. Killing it
 # for certain needs the kernel's help (a cgroup's cgroup.kill); see the README.

@@ -16,10 +16,10 @@ import pickle
 import socket
 import stat
 
-import pytest
-
 import deadpool
-from deadpool import _core, _executor, _future, _zygote
+import pytest
+from deadpool import _core, _dispatcher, _future, _zygote
+
 from tests import tasks
 from tests.helpers import Gate, pool
 
@@ -139,6 +139,28 @@ def test_a_worker_request_reaches_the_zygote_with_three_pipes():
         assert _zygote.receive_request(zygote_end) is None, "EOF means the pool is gone"
 
 
+def test_a_request_with_too_few_descriptors_is_ignored_and_its_fds_closed():
+    pool_end, zygote_end = socket.socketpair()
+    r, w = os.pipe()
+    with pool_end, zygote_end:
+        try:
+            socket.send_fds(pool_end, [_core.WORKER_REQUEST], [r])
+            before = set(os.listdir("/proc/self/fd"))
+            assert _zygote.receive_request(zygote_end) == []
+            assert set(os.listdir("/proc/self/fd")) <= before, "a received fd was left open"
+        finally:
+            os.close(r)
+            os.close(w)
+
+
+def test_a_status_for_a_pool_that_stopped_listening_is_dropped_quietly(pipe):
+    os.close(pipe["r"])
+    pipe["r"] = None
+    with pytest.raises(BrokenPipeError):
+        _core.write_status(pipe["w"], _core.STATUS_PID, 1)
+    _zygote._write_status(pipe["w"], _core.STATUS_PID, 1)  # the zygote's wrapper
+
+
 @pytest.mark.parametrize("cut", [None, 3, 10])
 def test_preparation_data_reaches_the_zygote_whole_or_not_at_all(pipe, cut):
     data = testing.encode_preparation(b"pickled preparation")
@@ -149,7 +171,7 @@ def test_preparation_data_reaches_the_zygote_whole_or_not_at_all(pipe, cut):
 
 
 def test_every_event_kind_reaches_its_future_as_that_kind():
-    dispatcher = _executor._Dispatcher()
+    dispatcher = _dispatcher.Dispatcher()
     futures = [_future.Future() for _ in EVENT_KINDS]
     dispatcher.futures.update(enumerate(futures))
     raised = pickle.dumps((ValueError("boom"), "ValueError('boom')", "Traceback: boom\n"))

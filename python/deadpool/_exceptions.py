@@ -19,6 +19,13 @@ class PoolClosed(RuntimeError):
     """The pool is shut down (or belongs to another process) and takes no new tasks."""
 
 
+# Their public home, as tracebacks and reprs show it. Pickle finds them there
+# through deadpool.__getattr__.
+for _public in (TimeoutError, ProcessError, PoolClosed):
+    _public.__module__ = "deadpool"
+del _public
+
+
 class RemoteTraceback(Exception):
     """Carries a worker's traceback text; set as ``__cause__`` of a task's exception."""
 

@@ -1,11 +1,11 @@
-"""``deadpool.Deadpool``: the executor. Validates input, pickles tasks, and maps
-the core's events onto futures; the Rust core does everything else."""
+"""``deadpool.Deadpool``: the executor. Validates input and pickles tasks;
+``_dispatcher`` maps the core's events onto futures, and the Rust core does
+everything else."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import itertools
-import logging
 import math
 import multiprocessing
 import multiprocessing.context
@@ -22,17 +22,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from deadpool import _core, _worker
-from deadpool._exceptions import PoolClosed, ProcessError, RemoteTraceback, TimeoutError
+from deadpool import _core, _worker, _zygote
+from deadpool._dispatcher import Dispatcher
+from deadpool._exceptions import PoolClosed, RemoteTraceback
 from deadpool._future import Future
-
-logger = logging.getLogger("deadpool")
 
 _START_METHODS = ("forkserver", "spawn", "fork")
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
-
-# Event kinds from the core (src/pool.rs).
-_STARTED, _RETURNED, _RAISED, _TIMED_OUT, _CANCELLED, _LOST = range(6)
 
 _MAX_PRIORITY = 2**64 - 1
 _MAX_INT = 2**63 - 1
@@ -65,46 +61,26 @@ class Deadpool(concurrent.futures.Executor):
         malloc_trim_rss_memory_threshold_bytes: int | None = None,
         propagate_environ: Mapping[str, str] | None = None,
     ) -> None:
-        if _worker.preparing:
+        if _zygote.preparing:
             raise RuntimeError(
                 "a Deadpool was created while a worker process imported the main module; "
                 'create pools under `if __name__ == "__main__":`'
             )
-        if max_workers is None:
-            max_workers = len(os.sched_getaffinity(0))
-        max_workers = _int_at_least("max_workers", max_workers, 1, _MAX_WORKERS)
-        min_workers = (
-            max_workers if min_workers is None else _int_at_least("min_workers", min_workers, 0)
-        )
-        if min_workers > max_workers:
-            raise ValueError(
-                f"min_workers ({min_workers}) must not exceed max_workers ({max_workers})"
-            )
-        max_tasks_per_child = _optional(_positive_int, "max_tasks_per_child", max_tasks_per_child)
-        max_worker_memory_bytes = _optional(
-            _positive_int, "max_worker_memory_bytes", max_worker_memory_bytes
+        sizes = _validated_sizes(
+            max_workers, min_workers, max_tasks_per_child, max_worker_memory_bytes
         )
         trim_threshold = _optional(
             partial(_int_at_least, minimum=0),
             "malloc_trim_rss_memory_threshold_bytes",
             malloc_trim_rss_memory_threshold_bytes,
         )
-        max_backlog = _int_at_least("max_backlog", max_backlog, 0)
+        sizes["max_backlog"] = _int_at_least("max_backlog", max_backlog, 0)
         start_method = _start_method(mp_context)
-        for name, fn in (("initializer", initializer), ("finalizer", finalizer)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
+        _check_callables(initializer=initializer, finalizer=finalizer)
         initargs = _as_tuple("initargs", initargs)
         finalargs = _as_tuple("finalargs", finalargs)
-        if propagate_environ is not None and not isinstance(propagate_environ, Mapping):
-            kind = type(propagate_environ).__name__
-            raise TypeError(f"propagate_environ must be a mapping or None, not {kind}")
-        for name, flag in (
-            ("shutdown_wait", shutdown_wait),
-            ("shutdown_cancel_futures", shutdown_cancel_futures),
-        ):
-            if flag is not None and not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool or None, not {type(flag).__name__}")
+        _check_mapping("propagate_environ", propagate_environ)
+        _check_flags(shutdown_wait=shutdown_wait, shutdown_cancel_futures=shutdown_cancel_futures)
 
         self._settings = {
             "initializer": initializer,
@@ -114,34 +90,34 @@ class Deadpool(concurrent.futures.Executor):
             "malloc_trim_threshold": trim_threshold,
         }
         self._propagate_environ = propagate_environ
-        static_config = None if propagate_environ is not None else self._worker_config()
-        self._max_workers = max_workers
+        self._max_workers = sizes["max_workers"]
         self._shutdown_wait = shutdown_wait
         self._shutdown_cancel_futures = shutdown_cancel_futures
         self.daemon = daemon
         self._ids = itertools.count()
         self._closed = False
-        self._shutdown_lock = threading.Lock()
-        self._owner_pid = os.getpid()
-        self._dispatcher = _Dispatcher()
-        self._core = _core.Pool(
-            max_workers=max_workers,
-            min_workers=min_workers,
-            max_backlog=max_backlog,
-            max_tasks_per_child=max_tasks_per_child,
-            max_worker_memory_bytes=max_worker_memory_bytes,
+        self._owner_pid = _this_pid
+        self._dispatcher = Dispatcher()
+        self._core = self._start_core(start_method, sizes)
+        _live_pools.add(self._core)
+        # Dropped without shutdown(): let the work finish, then release the workers.
+        weakref.finalize(self, _release, self._core, self._owner_pid)
+
+    def _start_core(self, start_method: str, sizes: dict[str, int | None]) -> Any:
+        """The Rust pool, with its workers starting."""
+        static_config = None if self._propagate_environ is not None else self._worker_config()
+        core = _core.Pool(
+            **sizes,
             start_method=start_method,
             argv=[sys.executable, *subprocess._args_from_interpreter_flags()],
             preparation=_preparation_data() if start_method != "fork" else b"",
             static_config=static_config,
             dispatch=self._dispatcher,
             make_config=self._worker_config if static_config is None else None,
-            fork_zygote=_worker.fork_zygote if start_method == "fork" else None,
+            fork_zygote=_zygote.fork_zygote if start_method == "fork" else None,
         )
-        self._dispatcher.note_failed = self._core.note_failed
-        _live_pools.add(self._core)
-        # Dropped without shutdown(): let the work finish, then release the workers.
-        weakref.finalize(self, _release, self._core, self._owner_pid)
+        self._dispatcher.note_failed = core.note_failed
+        return core
 
     def _worker_config(self) -> bytes:
         settings = dict(self._settings)
@@ -226,12 +202,16 @@ class Deadpool(concurrent.futures.Executor):
             if not isinstance(flag, int):  # bool, or 0/1 as older code passes
                 raise TypeError(f"{name} must be a bool, not {type(flag).__name__}")
         wait, cancel_futures = bool(wait), bool(cancel_futures)
-        if os.getpid() != self._owner_pid:
+        self._close(
+            cancel_pending=cancel_futures or not wait,
+            kill_running=cancel_futures and not wait,
+            wait=wait,
+        )
+
+    def _close(self, cancel_pending: bool, kill_running: bool, wait: bool) -> None:
+        if not _owned_by_this_process(self._owner_pid):
             return  # a forked child: the parent's workers are not ours to stop
-        with self._shutdown_lock:
-            self._closed = True
-        cancel_pending = cancel_futures or not wait
-        kill_running = cancel_futures and not wait
+        self._closed = True
         self._stop(cancel_pending, kill_running)
         if wait:
             try:
@@ -249,9 +229,9 @@ class Deadpool(concurrent.futures.Executor):
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            # Interrupted inside the block: kill the work instead of waiting for it.
-            self.shutdown(wait=False, cancel_futures=True)
-            self._core.wait()
+            # Interrupted inside the block: kill the work instead of waiting for
+            # it, then wait for the workers to go.
+            self._close(cancel_pending=True, kill_running=True, wait=True)
             return False
         wait = True if self._shutdown_wait is None else self._shutdown_wait
         cancel = False if self._shutdown_cancel_futures is None else self._shutdown_cancel_futures
@@ -271,99 +251,13 @@ class Deadpool(concurrent.futures.Executor):
         self._core.clear_workers()
 
     def _check_usable(self) -> None:
-        if _this_pid != self._owner_pid:
+        if not _owned_by_this_process(self._owner_pid):
             raise PoolClosed(
                 f"this pool belongs to process {self._owner_pid}; "
                 "a process made by os.fork() must create its own pool"
             )
         if self._closed:
             raise PoolClosed("cannot submit: the pool has been shut down")
-
-
-class _Dispatcher:
-    """Called by the core's completion thread with a batch of
-    ``(kind, task_id, pid, payload)`` events. An outcome carries the worker's
-    pid (else 0) when its start was reported in the same batch."""
-
-    def __init__(self) -> None:
-        self.futures: dict[int, Future] = {}
-        self.note_failed: Callable[[], None] = lambda: None
-
-    def __call__(self, events: list[tuple[int, int, int, Any]]) -> None:
-        futures = self.futures
-        for kind, task_id, pid, payload in events:
-            # A user callback raising anything (even SystemExit) must cost
-            # nothing but itself: every other event of the batch is delivered.
-            try:
-                if kind == _STARTED:
-                    future = futures.get(task_id)
-                    if future is not None:
-                        future._started(pid)
-                    continue
-                future = futures.pop(task_id, None)
-                if future is None:
-                    continue  # cancelled, and already resolved by cancel()
-                if pid:
-                    # Started in the same batch: the core folded it in here.
-                    future._started(pid, running=False)
-                self._finish(future, kind, payload)
-            except BaseException:
-                logger.exception("deadpool: a callback of task %d raised", task_id)
-
-    def abandon(self) -> None:
-        """The core has stopped for good: nothing left here will ever be resolved
-        by it (normally nothing is left), so fail it rather than let it hang."""
-        while self.futures:
-            _, future = self.futures.popitem()
-            future._resolve(
-                exception=ProcessError(
-                    "deadpool stopped before this task finished (internal error)"
-                )
-            )
-
-    def _finish(self, future: Future, kind: int, payload: Any) -> None:
-        try:
-            self._settle(future, kind, payload)
-        except BaseException as exc:
-            if not future.done():
-                error = ProcessError(f"deadpool could not deliver the outcome: {exc!r}")
-                future._resolve(exception=error)
-            raise
-
-    def _settle(self, future: Future, kind: int, payload: Any) -> None:
-        if kind == _RETURNED:
-            try:
-                result = pickle.loads(payload)
-            except BaseException as exc:
-                self.note_failed()
-                error = ProcessError(f"the task's result could not be unpickled: {exc!r}")
-                error.__cause__ = exc
-                future._resolve(exception=error)
-                return
-            future._resolve(result)
-        elif kind == _RAISED:
-            future._resolve(exception=_remote_exception(payload))
-        elif kind == _TIMED_OUT:
-            future._resolve(
-                exception=TimeoutError(f"the task timed out; worker {future.pid} was killed")
-            )
-        elif kind == _CANCELLED:
-            future._force_cancelled()
-        else:
-            future._resolve(exception=ProcessError(payload))
-
-
-def _remote_exception(payload: bytes) -> BaseException:
-    try:
-        exc, description, tb = pickle.loads(payload)
-    except BaseException as error:
-        return ProcessError(f"the task raised an exception that could not be unpickled: {error!r}")
-    if exc is None:
-        return ProcessError(
-            f"the task raised an exception that could not be pickled: {description}\n{tb}"
-        )
-    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
-    return exc
 
 
 # ----- input checks -------------------------------------------------------
@@ -398,9 +292,48 @@ def _as_tuple(name: str, value: Any) -> tuple[Any, ...]:
     return tuple(value)
 
 
+def _validated_sizes(
+    max_workers: Any, min_workers: Any, max_tasks_per_child: Any, max_worker_memory_bytes: Any
+) -> dict[str, int | None]:
+    """The pool's sizes and limits, as the core's keyword arguments. The
+    defaults: max_workers, all the CPUs we may run on; min_workers, max_workers."""
+    if max_workers is None:
+        max_workers = len(os.sched_getaffinity(0))
+    max_workers = _int_at_least("max_workers", max_workers, 1, _MAX_WORKERS)
+    min_workers = (
+        max_workers if min_workers is None else _int_at_least("min_workers", min_workers, 0)
+    )
+    if min_workers > max_workers:
+        raise ValueError(f"min_workers ({min_workers}) must not exceed max_workers ({max_workers})")
+    return {
+        "max_workers": max_workers,
+        "min_workers": min_workers,
+        "max_tasks_per_child": _optional(_positive_int, "max_tasks_per_child", max_tasks_per_child),
+        "max_worker_memory_bytes": _optional(
+            _positive_int, "max_worker_memory_bytes", max_worker_memory_bytes
+        ),
+    }
+
+
+def _check_callables(**callables: Any) -> None:
+    for name, fn in callables.items():
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
+
+
+def _check_mapping(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping or None, not {type(value).__name__}")
+
+
+def _check_flags(**flags: Any) -> None:
+    for name, flag in flags.items():
+        if flag is not None and not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool or None, not {type(flag).__name__}")
+
+
 def _check_timeout(timeout: Any) -> float | None:
-    if timeout is None:
-        return None
+    """``deadpool_timeout`` (not None) as seconds; None for infinity."""
     timeout = _seconds("deadpool_timeout", timeout)
     if math.isinf(timeout):
         return None
@@ -478,7 +411,7 @@ _live_pools: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _release(core: Any, owner_pid: int) -> None:
-    if os.getpid() == owner_pid:
+    if _owned_by_this_process(owner_pid):
         core.shutdown(False, False)
 
 
@@ -493,6 +426,11 @@ def _finish_pools_at_exit() -> None:
 # This process's pid, kept current by the fork hook so that submit() (the hot
 # path) needs no getpid() system call to notice it runs in a forked child.
 _this_pid = os.getpid()
+
+
+def _owned_by_this_process(owner_pid: int) -> bool:
+    """False in a child made by os.fork(): a pool belongs to the process that made it."""
+    return _this_pid == owner_pid
 
 
 def _after_fork_in_child() -> None:

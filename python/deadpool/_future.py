@@ -21,10 +21,9 @@ from concurrent.futures._base import (
 )
 from typing import Any
 
-logger = logging.getLogger("deadpool")
+from deadpool._core import CANCEL_NOT_FOUND
 
-# How the core answers a cancel request.
-_NOT_FOUND, _REMOVED_PENDING, _KILLED_RUNNING = 0, 1, 2
+logger = logging.getLogger("deadpool")
 
 
 class _Condition(threading.Condition):
@@ -98,7 +97,7 @@ class Future(concurrent.futures.Future):
                 return True
         if self._core is None or self._task_id is None:
             return super().cancel()
-        if self._core.cancel(self._task_id) == _NOT_FOUND:
+        if self._core.cancel(self._task_id) == CANCEL_NOT_FOUND:
             # Finishing at this moment: its outcome is on the way.
             return self.cancelled()
         return self._force_cancelled()

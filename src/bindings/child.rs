@@ -7,10 +7,24 @@ use crate::os::{memory, process_tree};
 use crate::wire::frame::Tag;
 use crate::wire::request;
 use crate::wire::status::StatusKind;
-use pyo3::exceptions::PyValueError;
+use nix::errno::Errno;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
+
+/// An I/O error as Python raises its own: `OSError(errno, strerror)`, which
+/// Python turns into the matching subclass (`BrokenPipeError`, ...) with
+/// `errno` set. (PyO3's own conversion picks the subclass but leaves `errno`
+/// unset.) Errors without an errno, such as a stream that ended mid-frame,
+/// go through PyO3's conversion.
+fn os_error(error: io::Error) -> PyErr {
+    match error.raw_os_error() {
+        Some(code) => PyOSError::new_err((code, Errno::from_raw(code).desc())),
+        None => error.into(),
+    }
+}
 
 /// A descriptor number from Python, for the duration of one call. A
 /// negative one is refused here: a `BorrowedFd` must never hold -1.
@@ -31,11 +45,12 @@ fn borrow(fd: RawFd) -> PyResult<BorrowedFd<'static>> {
 #[pyfunction]
 pub fn read_frame(py: Python<'_>, fd: RawFd) -> PyResult<Option<(u8, u64, Py<PyBytes>)>> {
     let fd = borrow(fd)?;
-    let Some((tag, id, len)) = py.detach(|| frame_io::read_header(fd))? else {
+    let Some((tag, id, len)) = py.detach(|| frame_io::read_header(fd)).map_err(os_error)? else {
         return Ok(None);
     };
     let body = PyBytes::new_with(py, len, |buf| {
-        py.detach(|| frame_io::read_body(fd, buf))?;
+        py.detach(|| frame_io::read_body(fd, buf))
+            .map_err(os_error)?;
         Ok(())
     })?;
     Ok(Some((tag as u8, id, body.unbind())))
@@ -48,7 +63,8 @@ pub fn write_frame(py: Python<'_>, fd: RawFd, tag: u8, task_id: u64, body: &[u8]
     let fd = borrow(fd)?;
     let tag = Tag::from_value(tag)
         .ok_or_else(|| PyValueError::new_err(format!("unknown frame tag {tag}")))?;
-    py.detach(|| frame_io::write_frame(fd, tag, task_id, body))?;
+    py.detach(|| frame_io::write_frame(fd, tag, task_id, body))
+        .map_err(os_error)?;
     Ok(())
 }
 
@@ -58,7 +74,7 @@ pub fn write_status(fd: RawFd, kind: u32, value: i32) -> PyResult<()> {
     let fd = borrow(fd)?;
     let kind = StatusKind::from_value(kind)
         .ok_or_else(|| PyValueError::new_err(format!("unknown status kind {kind}")))?;
-    Ok(frame_io::write_status(fd, kind, value)?)
+    frame_io::write_status(fd, kind, value).map_err(os_error)
 }
 
 /// The zygote's first read: the preparation data, or None if the pool went
@@ -66,26 +82,28 @@ pub fn write_status(fd: RawFd, kind: u32, value: i32) -> PyResult<()> {
 #[pyfunction]
 pub fn read_preparation(py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyBytes>>> {
     let fd = borrow(fd)?;
-    let data = py.detach(|| request::read_preparation(&mut frame_io::FdReader(fd)))?;
+    let data = py
+        .detach(|| request::read_preparation(&mut frame_io::FdReader(fd)))
+        .map_err(os_error)?;
     Ok(data.map(|data| PyBytes::new(py, &data).unbind()))
 }
 
 /// Called by a worker right after the zygote forked it.
 #[pyfunction]
 pub fn become_worker(zygote_pid: i32, die_with_zygote: bool) -> PyResult<()> {
-    Ok(setup::become_worker(zygote_pid, die_with_zygote)?)
+    setup::become_worker(zygote_pid, die_with_zygote).map_err(os_error)
 }
 
 /// Called by an exec'd zygote before it serves.
 #[pyfunction]
 pub fn become_zygote() -> PyResult<()> {
-    Ok(setup::become_zygote()?)
+    setup::become_zygote().map_err(os_error)
 }
 
 /// Called by a zygote forked from the parent ("fork" start method).
 #[pyfunction]
 pub fn become_forked_zygote(parent_pid: i32) -> PyResult<()> {
-    Ok(setup::become_forked_zygote(parent_pid)?)
+    setup::become_forked_zygote(parent_pid).map_err(os_error)
 }
 
 /// SIGKILLs `pid`, its process group and every descendant.
@@ -115,11 +133,11 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
 /// This process's name (`/proc/<pid>/comm`), for a spare to restore.
 #[pyfunction]
 pub fn process_name() -> PyResult<String> {
-    Ok(setup::process_name()?)
+    setup::process_name().map_err(os_error)
 }
 
 /// Renames this process as `ps` shows it (a spare names itself).
 #[pyfunction]
 pub fn set_process_name(name: &str) -> PyResult<()> {
-    Ok(setup::set_process_name(name)?)
+    setup::set_process_name(name).map_err(os_error)
 }

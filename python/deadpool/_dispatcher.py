@@ -1,0 +1,107 @@
+"""The dispatcher: where the core's completion thread hands over what happened
+to tasks, and futures learn of it (the event kinds are in src/wire/dispatch.rs)."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+from deadpool._core import (
+    EVENT_CANCELLED,
+    EVENT_RAISED,
+    EVENT_RETURNED,
+    EVENT_STARTED,
+    EVENT_TIMED_OUT,
+)
+from deadpool._exceptions import ProcessError, RemoteTraceback, TimeoutError
+from deadpool._future import Future
+
+logger = logging.getLogger("deadpool")
+
+
+class Dispatcher:
+    """Called by the core's completion thread with a batch of
+    ``(kind, task_id, pid, payload)`` events. An outcome carries the worker's
+    pid (else None) when its start was reported in the same batch."""
+
+    def __init__(self) -> None:
+        self.futures: dict[int, Future] = {}
+        self.note_failed: Callable[[], None] = lambda: None
+
+    def __call__(self, events: list[tuple[int, int, int | None, Any]]) -> None:
+        futures = self.futures
+        for kind, task_id, pid, payload in events:
+            # A user callback raising anything (even SystemExit) must cost
+            # nothing but itself: every other event of the batch is delivered.
+            try:
+                if kind == EVENT_STARTED:
+                    future = futures.get(task_id)
+                    if future is not None:
+                        future._started(pid)
+                    continue
+                future = futures.pop(task_id, None)
+                if future is None:
+                    continue  # cancelled, and already resolved by cancel()
+                if pid is not None:
+                    # Started in the same batch: the core folded it in here.
+                    future._started(pid, running=False)
+                self._finish(future, kind, payload)
+            except BaseException:
+                logger.exception("deadpool: a callback of task %d raised", task_id)
+
+    def abandon(self) -> None:
+        """The core has stopped for good: nothing left here will ever be resolved
+        by it (normally nothing is left), so fail it rather than let it hang."""
+        while self.futures:
+            _, future = self.futures.popitem()
+            future._resolve(
+                exception=ProcessError(
+                    "deadpool stopped before this task finished (internal error)"
+                )
+            )
+
+    def _finish(self, future: Future, kind: int, payload: Any) -> None:
+        try:
+            self._settle(future, kind, payload)
+        except BaseException as exc:
+            if not future.done():
+                error = ProcessError(f"deadpool could not deliver the outcome: {exc!r}")
+                future._resolve(exception=error)
+            raise
+
+    def _settle(self, future: Future, kind: int, payload: Any) -> None:
+        if kind == EVENT_RETURNED:
+            try:
+                result = pickle.loads(payload)
+            except BaseException as exc:
+                self.note_failed()
+                error = ProcessError(f"the task's result could not be unpickled: {exc!r}")
+                error.__cause__ = exc
+                future._resolve(exception=error)
+                return
+            future._resolve(result)
+        elif kind == EVENT_RAISED:
+            future._resolve(exception=_remote_exception(payload))
+        elif kind == EVENT_TIMED_OUT:
+            future._resolve(
+                exception=TimeoutError(f"the task timed out; worker {future.pid} was killed")
+            )
+        elif kind == EVENT_CANCELLED:
+            future._force_cancelled()
+        else:  # EVENT_LOST: the payload says how the worker was lost
+            future._resolve(exception=ProcessError(payload))
+
+
+def _remote_exception(payload: bytes) -> BaseException:
+    try:
+        exc, description, tb = pickle.loads(payload)
+    except BaseException as error:
+        return ProcessError(f"the task raised an exception that could not be unpickled: {error!r}")
+    if exc is None:
+        return ProcessError(
+            f"the task raised an exception that could not be pickled: {description}\n{tb}"
+        )
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    return exc

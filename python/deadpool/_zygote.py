@@ -1,0 +1,370 @@
+"""The zygote: deadpool's fork server, a single-threaded Python process.
+
+It imports the user's ``__main__`` once (as the stdlib's forkserver does) and
+forks a worker per request from the pool; once a worker has died, the shared
+zygote also keeps a spare forked ahead, so that replacing the next lost worker
+needs no fork. It reaps its workers and reports each real exit status to the
+pool, and when its control socket reaches EOF (the parent died) it kills
+everything below it and exits. The worker loop itself is in ``_worker.py``.
+
+The pool's side of this conversation is the Rust core
+(src/parent/zygote_client.rs); the layouts are in src/wire/.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import selectors
+import signal
+import socket
+import time
+import traceback
+
+from deadpool import _core
+from deadpool._core import (
+    STATUS_EXIT,
+    STATUS_PID,
+    WORKER_REQUEST,
+    WORKER_REQUEST_FDS,
+    read_preparation,
+    write_status,
+)
+from deadpool._worker import _flush_stdio, _log_exception, worker_main
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+# True while a zygote imports the parent's __main__: a script without an
+# `if __name__ == "__main__":` guard must not start pools from there.
+preparing = False
+
+
+def zygote_main_from_stdin(single: bool) -> None:
+    """Entry point of an exec'd zygote: the pool hands over the control socket
+    as standard input (so that it can start us with ``posix_spawn``). Move it
+    off descriptor 0 and put /dev/null there, as multiprocessing gives its
+    children: the workers forked from here must not read the lifeline."""
+    control_fd = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    zygote_main(control_fd, single)
+
+
+def zygote_main(control_fd: int, single: bool, forked_from_parent: bool = False) -> None:
+    """Serve worker requests on ``control_fd`` until the pool goes away.
+
+    ``single``: serve one worker, then exit once it has ("spawn" and "fork").
+    ``forked_from_parent``: this process is a fork of the parent ("fork"), so it
+    needs no preparation and dies with the parent by PDEATHSIG, not by EOF.
+    """
+    # Ctrl-C in a terminal reaches the parent's whole process group, which
+    # includes this zygote; the parent decides what an interrupt means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    control = socket.socket(fileno=control_fd)
+    if not forked_from_parent:
+        _core.become_zygote()
+        preparation = read_preparation(control.fileno())
+        if preparation is None:
+            os._exit(0)  # the pool went away before we started
+        _prepare(preparation)
+    try:
+        # A zygote forked from the parent dies with the parent's thread
+        # (PDEATHSIG), not by its lifeline; its worker must follow it.
+        zygote = _Zygote(control, single, die_with_zygote=forked_from_parent)
+        if forked_from_parent:
+            # Forked from the parent: the kernel's parent-death signal (SIGTERM,
+            # see fork_zygote) is our lifeline. Take everything below us along.
+            signal.signal(signal.SIGTERM, lambda signum, frame: zygote.die())
+        zygote.serve()
+    finally:
+        _flush_stdio()
+        os._exit(0)
+
+
+def fork_zygote(child_fd: int) -> int:
+    """ "fork" start method: fork this (parent) process into a one-worker zygote."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _core.become_forked_zygote(parent)
+            zygote_main(child_fd, single=True, forked_from_parent=True)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _prepare(preparation: bytes) -> None:
+    """Make this process look like the parent: sys.path, cwd, and ``__main__``
+    imported as ``__mp_main__`` so functions defined in a script unpickle."""
+    import multiprocessing.spawn
+
+    global preparing
+    preparing = True
+    try:
+        multiprocessing.spawn.prepare(pickle.loads(preparation))
+    except BaseException:
+        # Tasks that need __main__ will fail with a clear unpickling error;
+        # every other task still runs.
+        _log_exception("deadpool zygote could not import the parent's __main__")
+    finally:
+        preparing = False
+
+
+# Once one of its workers has died (killed on timeout, crashed, OOM-killed),
+# a zygote serving many workers keeps one spare: a child forked ahead of
+# need, waiting for a worker's pipes. A replacement then starts without a
+# fork (about a millisecond on a quiet machine, several under load) and
+# without the copy-on-write faults that follow one. A pool whose workers
+# never die pays nothing for it, not even the spare's memory.
+# The spare is refilled once requests pause this long: forking it while a
+# new worker starts would slow that worker down (measured: a timed-out
+# worker's replacement took a third longer with an immediate refill).
+SPARE_REFILL_DELAY = 0.005
+# After a failed fork (out of processes or memory), the next try waits this long.
+SPARE_RETRY_DELAY = 1.0
+# A spare's name in ps and /proc/<pid>/comm, until it becomes a worker.
+SPARE_NAME = "deadpool-spare"
+# How long a zygote that is going away waits to reap the children it killed.
+KILLED_REAP_LIMIT = 2.0
+
+
+class _Spare:
+    """A forked child of the zygote waiting on ``sock`` for a worker's fds."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+    def hand_over(self, task_r: int, result_w: int) -> bool:
+        """False if the spare is gone (the caller forks a worker instead)."""
+        try:
+            socket.send_fds(self.sock, [b"W"], [task_r, result_w])
+        except OSError:
+            return False
+        finally:
+            self.sock.close()
+        return True
+
+
+class _Zygote:
+    def __init__(self, control: socket.socket, single: bool, die_with_zygote: bool) -> None:
+        self.control = control
+        self.single = single
+        self.die_with_zygote = die_with_zygote
+        self.spawned = 0
+        self.workers: dict[int, int] = {}  # worker pid -> status pipe fd
+        self.spare: _Spare | None = None
+        self.keeps_spare = False  # from the first worker that dies
+        self.no_spare_until = 0.0
+        self.wakeup_r, self.wakeup_w = os.pipe()
+        os.set_blocking(self.wakeup_r, False)
+        os.set_blocking(self.wakeup_w, False)
+        signal.set_wakeup_fd(self.wakeup_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(control, selectors.EVENT_READ)
+        self.selector.register(self.wakeup_r, selectors.EVENT_READ)
+
+    def serve(self) -> None:
+        while True:
+            events = self.selector.select(self.time_until_spare())
+            if not events:
+                self.fork_spare()
+            for key, _ in events:
+                if key.fileobj is self.control:
+                    if not self.take_request():
+                        self.kill_everything()
+                        return
+                else:
+                    self.drain_wakeups()
+                    self.reap()
+            if self.single and self.spawned and not self.workers:
+                return
+
+    def take_request(self) -> bool:
+        """False when the lifeline is gone."""
+        fds = receive_request(self.control)
+        if fds is None:
+            return False
+        if fds:
+            self.start_worker(*fds)
+        return True
+
+    def start_worker(self, task_r: int, result_w: int, status_w: int) -> None:
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.hand_over(task_r, result_w):
+            pid = spare.pid
+        else:
+            pid = self.fork_worker(task_r, result_w, status_w)
+        os.close(task_r)
+        os.close(result_w)
+        self.spawned += 1
+        self.workers[pid] = status_w
+        _write_status(status_w, STATUS_PID, pid)
+
+    def fork_worker(self, task_r: int, result_w: int, status_w: int) -> int:
+        zygote_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            self.run_child(lambda: self.become_worker(zygote_pid, task_r, result_w, status_w))
+        return pid
+
+    def time_until_spare(self) -> float | None:
+        """How long to wait for requests before forking a spare; None when no
+        spare is wanted."""
+        if self.single or not self.keeps_spare or self.spare is not None:
+            return None
+        return max(SPARE_REFILL_DELAY, self.no_spare_until - time.monotonic())
+
+    def fork_spare(self) -> None:
+        zygote_pid = os.getpid()
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError:
+            self.no_spare_until = time.monotonic() + SPARE_RETRY_DELAY
+            return
+        try:
+            pid = os.fork()
+        except OSError:
+            # Out of processes or memory: workers are forked on demand as
+            # before, and the spare comes back once forking works again.
+            ours.close()
+            theirs.close()
+            self.no_spare_until = time.monotonic() + SPARE_RETRY_DELAY
+            return
+        if pid == 0:
+            ours.close()
+            self.run_child(lambda: self.wait_as_spare(zygote_pid, theirs))
+        theirs.close()
+        self.spare = _Spare(pid, ours)
+
+    def run_child(self, body: Callable[[], None]) -> None:
+        """In a forked child: run ``body``, then exit; never returns."""
+        code = 0
+        try:
+            body()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            _flush_stdio()
+            os._exit(code)
+
+    def leave_zygote(self) -> None:
+        """In a forked child: drop the zygote's signal handling and descriptors."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.selector.close()
+        self.control.close()
+        if self.spare is not None:
+            self.spare.sock.close()
+        for fd in (self.wakeup_r, self.wakeup_w, *self.workers.values()):
+            os.close(fd)
+
+    def wait_as_spare(self, zygote_pid: int, sock: socket.socket) -> None:
+        self.leave_zygote()
+        name = _core.process_name()
+        _core.set_process_name(SPARE_NAME)
+        try:
+            _message, fds, _flags, _addr = socket.recv_fds(sock, 1, 2)
+        except OSError:
+            return  # the zygote is gone
+        sock.close()
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            return  # the zygote is gone (EOF)
+        _core.set_process_name(name)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _core.become_worker(zygote_pid, self.die_with_zygote)
+        worker_main(*fds)
+
+    def become_worker(self, zygote_pid: int, task_r: int, result_w: int, status_w: int) -> None:
+        self.leave_zygote()
+        os.close(status_w)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _core.become_worker(zygote_pid, self.die_with_zygote)
+        worker_main(task_r, result_w)
+
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wakeup_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def reap(self) -> None:
+        """Reap every exited child; report the workers' statuses. Orphans that
+        were re-parented to us are reaped too, so nothing stays a zombie."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            status_fd = self.workers.pop(pid, None)
+            if status_fd is not None:
+                _write_status(status_fd, STATUS_EXIT, status)
+                os.close(status_fd)
+                if status != 0:  # not a clean exit: workers die here
+                    self.keeps_spare = True
+            elif self.spare is not None and pid == self.spare.pid:
+                self.spare.sock.close()  # killed while waiting: make another
+                self.spare = None
+
+    def die(self) -> None:
+        self.kill_everything()
+        os._exit(0)
+
+    def kill_everything(self) -> None:
+        for pid in list(self.workers):
+            _core.kill_tree(pid)
+        _core.kill_descendants(os.getpid())
+        self.reap_children(KILLED_REAP_LIMIT)
+
+    def reap_children(self, limit: float) -> None:
+        """Reap what was just killed, so that nothing we leave behind waits as
+        a zombie on whatever process adopts it (not every init reaps)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                time.sleep(0.001)
+
+
+def receive_request(control: socket.socket) -> list[int] | None:
+    """One worker request from the pool: the worker's task pipe (read end),
+    result pipe (write end) and status pipe (write end). None when the
+    lifeline is gone; [] for a request to ignore (interrupted, or malformed:
+    its descriptors are closed)."""
+    try:
+        message, fds, _flags, _addr = socket.recv_fds(
+            control, len(WORKER_REQUEST), WORKER_REQUEST_FDS
+        )
+    except InterruptedError:
+        return []
+    except OSError:
+        return None
+    if not message:
+        return None
+    if len(fds) != WORKER_REQUEST_FDS:
+        for fd in fds:
+            os.close(fd)
+        return []
+    return fds
+
+
+def _write_status(fd: int, kind: int, value: int) -> None:
+    try:
+        write_status(fd, kind, value)
+    except OSError:
+        pass  # the pool closed its end: it no longer waits for this worker
