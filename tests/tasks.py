@@ -317,3 +317,16 @@ def run_multiprocessing_child(path):
     proc.start()
     proc.join(30)
     return proc.exitcode
+
+
+def put_on(queue, item):
+    """Put `item` on a (Manager or multiprocessing) queue from the worker."""
+    queue.put(item)
+
+
+def set_in(mapping, key, value, event=None):
+    """Write into a Manager dict, then set a Manager Event if given."""
+    mapping[key] = value
+    if event is not None:
+        event.set()
+    return os.getpid()

@@ -381,8 +381,11 @@ def _start_method(mp_context: Any) -> str:
 def _preparation_data() -> bytes:
     """What a fresh interpreter needs to unpickle the parent's tasks: sys.path,
     the working directory and the ``__main__`` module (stdlib's public way)."""
+    # It carries this process's authkey, as multiprocessing's own children
+    # get it: Manager proxies passed to tasks authenticate with it. It travels
+    # only over the zygote's private control socket.
     data = multiprocessing.spawn.get_preparation_data("deadpool-zygote")
-    data.pop("authkey", None)  # not needed, and not to be handed around
+    data["authkey"] = bytes(data["authkey"])  # pickles outside a spawning context
     return pickle.dumps(data, _PICKLE_PROTOCOL)
 
 

@@ -70,7 +70,10 @@ fn completion_loop(
             // the workers, and fail what is waiting (below), not hang it.
             log::error!("the deadpool completion thread failed; closing the pool");
             shared.backlog.close(true);
-            let _ = commands.send(Command::Shutdown { kill_running: true });
+            let _ = commands.send(Command::Shutdown {
+                kill_running: true,
+                signal: None,
+            });
             shared.waker.wake();
         }
         // Normally nothing is left; after an internal failure, every future

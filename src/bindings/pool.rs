@@ -18,6 +18,7 @@ use crate::parent::supervisor::{Settings, Shared, StartMethod, Supervisor};
 use crate::parent::zygote_client::ZygoteLaunch;
 use crate::wire::dispatch::CancelReply;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use nix::sys::signal::Signal;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -201,13 +202,28 @@ impl Pool {
         Ok(reply as u8)
     }
 
-    /// Closes the backlog and tells the supervisor to wind down. Returns the ids
-    /// of the pending tasks it removed (when `cancel_pending`).
-    fn shutdown(&self, cancel_pending: bool, kill_running: bool) -> Vec<u64> {
+    /// Closes the backlog and tells the supervisor to wind down: with
+    /// `kill_running`, busy workers are killed and their tasks cancelled; with
+    /// `signal`, every worker's tree gets that signal. Returns the ids of the
+    /// pending tasks it removed (when `cancel_pending`).
+    #[pyo3(signature = (cancel_pending, kill_running, signal=None))]
+    fn shutdown(
+        &self,
+        cancel_pending: bool,
+        kill_running: bool,
+        signal: Option<i32>,
+    ) -> PyResult<Vec<u64>> {
+        let signal = signal
+            .map(Signal::try_from)
+            .transpose()
+            .map_err(|e| PyValueError::new_err(format!("signal: {e}")))?;
         let removed = self.shared.backlog.close(cancel_pending);
-        let _ = self.commands.send(Command::Shutdown { kill_running });
+        let _ = self.commands.send(Command::Shutdown {
+            kill_running,
+            signal,
+        });
         self.shared.waker.wake();
-        removed
+        Ok(removed)
     }
 
     /// Waits until every task has been resolved and every worker has exited.

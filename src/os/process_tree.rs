@@ -127,6 +127,20 @@ pub fn kill_tree(root: i32) {
     let _ = kill(Pid::from_raw(root), Signal::SIGKILL);
 }
 
+/// Sends `signal` once to `root`'s descendants, its process group and
+/// `root`: a request to stop (SIGTERM), which the processes may handle, so
+/// unlike [`kill_tree`] nothing is stopped first or chased after.
+pub fn signal_tree(root: i32, signal: Signal) {
+    if root <= 0 {
+        return;
+    }
+    for pid in descendants(root) {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+    let _ = killpg(Pid::from_raw(root), signal);
+    let _ = kill(Pid::from_raw(root), signal);
+}
+
 /// SIGKILLs every descendant of `root` but not `root` itself, pass after pass
 /// until none is left (see [`kill_tree`]). A retiring worker calls this on
 /// itself so that nothing a task left running outlives the worker. Returns how
@@ -229,6 +243,15 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "grandchild survived");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn signal_tree_delivers_the_signal_it_is_given() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = Command::new("sleep").arg("30").spawn().expect("spawn");
+        signal_tree(child.id() as i32, Signal::SIGTERM);
+        let status = child.wait().expect("wait");
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
     }
 
     #[test]

@@ -15,16 +15,16 @@ use std::io;
 use std::thread::JoinHandle;
 
 pub struct Killer {
-    requests: Option<Sender<i32>>,
+    requests: Option<Sender<(i32, Signal)>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Killer {
     pub fn start() -> io::Result<Killer> {
-        let (requests, pending) = crossbeam_channel::unbounded::<i32>();
+        let (requests, pending) = crossbeam_channel::unbounded::<(i32, Signal)>();
         let thread = thread::spawn("deadpool-killer", move || {
-            for pid in pending {
-                process_tree::kill_tree(pid);
+            for (pid, signal) in pending {
+                deliver(pid, signal);
             }
         })?;
         Ok(Killer {
@@ -39,10 +39,33 @@ impl Killer {
             return;
         }
         let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
-        let queued = self.requests.as_ref().is_some_and(|r| r.send(pid).is_ok());
-        if !queued {
-            process_tree::kill_tree(pid);
+        self.queue(pid, Signal::SIGKILL);
+    }
+
+    /// Sends `signal` to `pid`'s whole tree shortly (SIGKILL: as `kill_tree`).
+    pub fn signal_tree(&self, pid: i32, signal: Signal) {
+        if signal == Signal::SIGKILL {
+            self.kill_tree(pid);
+        } else if pid > 0 {
+            self.queue(pid, signal);
         }
+    }
+
+    fn queue(&self, pid: i32, signal: Signal) {
+        let queued = self
+            .requests
+            .as_ref()
+            .is_some_and(|r| r.send((pid, signal)).is_ok());
+        if !queued {
+            deliver(pid, signal);
+        }
+    }
+}
+
+fn deliver(pid: i32, signal: Signal) {
+    match signal {
+        Signal::SIGKILL => process_tree::kill_tree(pid),
+        other => process_tree::signal_tree(pid, other),
     }
 }
 

@@ -10,8 +10,13 @@ use std::os::fd::OwnedFd;
 pub enum Command {
     /// Kill the worker running `task_id`; replies whether a running task was killed.
     Cancel { task_id: u64, reply: Sender<bool> },
-    /// Stop taking work; with `kill_running`, SIGKILL the busy workers too.
-    Shutdown { kill_running: bool },
+    /// Stop taking work; with `kill_running`, SIGKILL the busy workers too
+    /// (their tasks end cancelled); with `signal`, send it to every worker's
+    /// tree (their tasks fail with the exit status it causes).
+    Shutdown {
+        kill_running: bool,
+        signal: Option<nix::sys::signal::Signal>,
+    },
     /// Retire every idle worker now; replacements use the settings of that moment.
     ClearWorkers,
     /// The pickled settings for a new worker, made on request (`Event::NeedConfig`).

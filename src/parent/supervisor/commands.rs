@@ -4,6 +4,7 @@ use super::worker::State;
 use super::Supervisor;
 use crate::parent::messages::{Command, Outcome};
 use crossbeam_channel::TryRecvError;
+use nix::sys::signal::Signal;
 
 impl Supervisor {
     pub(super) fn take_commands(&mut self) {
@@ -26,10 +27,16 @@ impl Supervisor {
             Command::Cancel { task_id, reply } => {
                 let _ = reply.send(self.cancel_running(task_id));
             }
-            Command::Shutdown { kill_running } => {
+            Command::Shutdown {
+                kill_running,
+                signal,
+            } => {
                 self.closing = true;
                 if kill_running {
                     self.kill_all_busy();
+                }
+                if let Some(signal) = signal {
+                    self.signal_all(signal);
                 }
             }
             Command::ClearWorkers => self.retire_idle_workers(),
@@ -55,6 +62,19 @@ impl Supervisor {
             .collect();
         for task_id in killed {
             self.finish_task(task_id, Outcome::Cancelled);
+        }
+    }
+
+    /// `terminate_workers()` / `kill_workers()`: every worker gets `signal`. A
+    /// busy one stays busy, so its task fails with the exit status that
+    /// follows (or finishes, if the task handles the signal); the others
+    /// are taken for killed, so their exits go unremarked.
+    fn signal_all(&mut self, signal: Signal) {
+        for worker in self.workers.values_mut() {
+            worker.signal(signal);
+            if worker.running_task().is_none() {
+                worker.state = State::Killed;
+            }
         }
     }
 

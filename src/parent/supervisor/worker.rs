@@ -18,6 +18,7 @@ use crate::parent::killer::Killer;
 use crate::parent::zygote_client::{WorkerChannels, Zygote};
 use crate::wire::frame::{FrameReader, PendingWrite, ReadOutcome, Tag, MAX_BODY_LEN};
 use crate::wire::status::StatusDecoder;
+use nix::sys::signal::Signal;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
@@ -252,6 +253,15 @@ impl Worker {
                     kill_on_arrival: true,
                 }
             }
+        }
+    }
+
+    /// Sends `signal` to the worker's tree; one whose pid is not known yet
+    /// is killed as soon as it is.
+    pub fn signal(&mut self, signal: Signal) {
+        match self.pid {
+            Pid::Known(pid) => self.killer.signal_tree(pid, signal),
+            Pid::Unknown { .. } => self.kill(),
         }
     }
 
