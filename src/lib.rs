@@ -40,7 +40,7 @@ mod _core {
         #[pymodule_export]
         use crate::bindings::testing::{
             decode_frames, decode_status, descendants, encode_frame, encode_preparation,
-            one_notice_of_each_kind, send_worker_request, shared_zygote_pid,
+            one_notice_of_each_kind, send_release_spare, send_worker_request, shared_zygote_pid,
         };
     }
 

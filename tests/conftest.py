@@ -11,6 +11,7 @@ import pytest
 from tests import helpers
 
 LEFTOVER_DEADLINE = 10.0
+MULTIPROCESSING_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
 def _start_time(pid: int) -> int:
@@ -22,9 +23,10 @@ def _leftovers(before: set[int]) -> dict[int, tuple[int, str]]:
     me = os.getpid()
     found = {}
     family = helpers.descendants(me)
-    # The allowed survivors: the per-process zygote, a direct child of this
-    # process whose command line names it, and its one spare. Only one zygote
-    # may survive (the oldest); a zombie (reaped by nobody) is a leak.
+    # The one allowed survivor, as with the stdlib's forkserver: the
+    # per-process zygote, a direct child of this process whose command line
+    # names it (the oldest, if there are more). Its spare goes with the last
+    # worker; a zombie (reaped by nobody) is a leak.
     zygotes = sorted(
         (
             pid
@@ -34,12 +36,13 @@ def _leftovers(before: set[int]) -> dict[int, tuple[int, str]]:
         key=_start_time,
     )
     allowed = set(zygotes[:1])
-    spares = [
+    # multiprocessing's own helpers live as long as this process, whoever
+    # started them (a test that makes a forkserver-context Lock starts one).
+    allowed.update(
         pid
-        for pid, (ppid, state) in family.items()
-        if ppid in allowed and state not in ("Z", "X") and helpers.is_spare(pid)
-    ]
-    allowed.update(spares[:1])
+        for pid, (ppid, _) in family.items()
+        if ppid == me and any(helper in helpers.cmdline(pid) for helper in MULTIPROCESSING_HELPERS)
+    )
     for pid, (ppid, state) in family.items():
         if pid not in before and pid not in allowed:
             found[pid] = (ppid, state)
@@ -48,8 +51,7 @@ def _leftovers(before: set[int]) -> dict[int, tuple[int, str]]:
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
-    """Fail the test if it leaves any new descendant process (other than the
-    zygote and its spare)."""
+    """Fail the test if it leaves any new descendant process but the zygote."""
     before = set(helpers.descendants(os.getpid()))
     yield
     deadline = time.monotonic() + LEFTOVER_DEADLINE

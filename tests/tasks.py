@@ -330,3 +330,46 @@ def set_in(mapping, key, value, event=None):
     if event is not None:
         event.set()
     return os.getpid()
+
+
+# Objects an initializer was given, kept for the tasks of that worker.
+INHERITED: list = []
+
+
+def keep_initargs(*objects):
+    INHERITED[:] = objects
+
+
+def use_inherited(item):
+    """Put `item` on the inherited queue, holding the inherited lock, after
+    adding to the inherited Value and Array; returns this worker's pid."""
+    queue, lock, event, semaphore, condition, value, array = INHERITED
+    with lock, semaphore, condition:
+        with value.get_lock():
+            value.value += 1
+        array[0] += 1
+        queue.put((item, os.getpid()))
+    event.set()
+    return os.getpid()
+
+
+def log_through_queue_handler(queue):
+    """The logging cookbook's worker initializer: log records go to `queue`."""
+    import logging
+    import logging.handlers
+
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(queue)]
+    root.setLevel(logging.INFO)
+
+
+def log_info(message):
+    import logging
+
+    logging.getLogger("deadpool.tests").info(message)
+    return os.getpid()
+
+
+def put_pid_on(queue, tag):
+    """A finalizer: report which worker retired."""
+    queue.put((tag, os.getpid()))

@@ -7,8 +7,11 @@ import multiprocessing
 
 import pytest
 
+import deadpool
 from tests import tasks
 from tests.helpers import pool
+
+DEADLINE = 60
 
 START_METHODS = ["forkserver", "spawn", "fork"]
 
@@ -24,3 +27,92 @@ def test_manager_proxies_passed_to_a_task_authenticate_in_the_worker(method):
         assert event.wait(timeout=30)
         assert dict(mapping) == {"k": 42}
         assert pid != multiprocessing.current_process().pid
+
+
+def shared_objects(ctx):
+    return (
+        ctx.Queue(),
+        ctx.Lock(),
+        ctx.Event(),
+        ctx.Semaphore(2),
+        ctx.Condition(),
+        ctx.Value("i", 0),
+        ctx.Array("i", 3),
+    )
+
+
+def drain(queue, count):
+    return [queue.get(timeout=DEADLINE) for _ in range(count)]
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_multiprocessing_objects_in_initargs_reach_every_worker(method):
+    """The stdlib's way: objects shared "through inheritance" go in initargs.
+    Every worker gets them: the first ones, replacements after
+    max_tasks_per_child, after a kill and after clear_workers()."""
+    ctx = multiprocessing.get_context(method)
+    objects = shared_objects(ctx)
+    queue, _lock, event, _sem, _cond, value, array = objects
+    with pool(
+        max_workers=2,
+        max_tasks_per_child=2,
+        mp_context=ctx,
+        initializer=tasks.keep_initargs,
+        initargs=objects,
+    ) as exe:
+        pids = {exe.submit(tasks.use_inherited, i).result(timeout=DEADLINE) for i in range(6)}
+        lost = exe.submit(tasks.kill_self, 9)
+        assert isinstance(lost.exception(timeout=DEADLINE), deadpool.ProcessError)
+        exe.clear_workers()
+        pids.add(exe.submit(tasks.use_inherited, 6).result(timeout=DEADLINE))
+    assert len(pids) >= 3, "replacement workers were used"
+    seen = drain(queue, 7)
+    assert sorted(item for item, _ in seen) == list(range(7))
+    assert {pid for _, pid in seen} == pids
+    assert event.is_set()
+    assert value.value == 7
+    assert array[0] == 7
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_a_queue_handler_initializer_sends_worker_logs_to_the_parent(method):
+    ctx = multiprocessing.get_context(method)
+    queue = ctx.Queue()
+    with pool(
+        max_workers=1,
+        mp_context=ctx,
+        initializer=tasks.log_through_queue_handler,
+        initargs=(queue,),
+    ) as exe:
+        pid = exe.submit(tasks.log_info, "from the worker").result(timeout=DEADLINE)
+    record = queue.get(timeout=DEADLINE)
+    assert (record.getMessage(), record.process) == ("from the worker", pid)
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_multiprocessing_objects_in_finalargs_reach_the_finalizer(method):
+    ctx = multiprocessing.get_context(method)
+    queue = ctx.Queue()
+    with pool(
+        max_workers=1,
+        max_tasks_per_child=1,
+        mp_context=ctx,
+        finalizer=tasks.put_pid_on,
+        finalargs=(queue, "retired"),
+    ) as exe:
+        first = exe.submit(tasks.get_pid).result(timeout=DEADLINE)
+        second = exe.submit(tasks.get_pid).result(timeout=DEADLINE)
+    # Every worker retires gracefully: after its task, or at shutdown.
+    created = exe.get_statistics()["worker_processes_created"]
+    reports = drain(queue, created)
+    assert {tag for tag, _ in reports} == {"retired"}
+    assert {first, second} <= {pid for _, pid in reports}
+    assert queue.empty()
+
+
+def test_a_lock_from_a_fork_context_is_refused_by_spawned_workers_as_by_the_stdlib():
+    lock = multiprocessing.get_context("fork").Lock()
+    with pytest.raises(TypeError, match="fork context"):
+        deadpool.Deadpool(
+            max_workers=1, mp_context="spawn", initializer=tasks.keep_initargs, initargs=(lock,)
+        )

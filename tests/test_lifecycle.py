@@ -254,6 +254,17 @@ def test_a_lost_worker_is_replaced_by_the_waiting_spare():
         assert exe.submit(tasks.square, 4).result(timeout=30) == 16
 
 
+def test_nothing_but_the_zygote_outlives_the_last_pool():
+    for _ in range(2):
+        with pool(max_workers=1) as exe:
+            _lose_a_worker(exe)
+            wait_until(_spare_of_the_zygote, message="the zygote made no spare")
+        wait_until(
+            lambda: _spare_of_the_zygote() is None,
+            message="the spare outlived the last pool",
+        )
+
+
 def test_no_spare_while_no_worker_has_died(tmp_path):
     # A fresh interpreter: this test process's zygote may have lost workers.
     script = tmp_path / "script.py"

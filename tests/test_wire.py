@@ -128,8 +128,9 @@ def test_a_worker_request_reaches_the_zygote_with_three_pipes():
     pool_end, zygote_end = socket.socketpair()
     with pool_end, zygote_end:
         testing.send_worker_request(pool_end.fileno())
-        fds = _zygote.receive_request(zygote_end)
+        message, fds = _zygote.receive_request(zygote_end)
         try:
+            assert message == _core.WORKER_REQUEST
             assert len(fds) == _core.WORKER_REQUEST_FDS == 3
             assert all(stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in fds)
         finally:
@@ -139,6 +140,13 @@ def test_a_worker_request_reaches_the_zygote_with_three_pipes():
         assert _zygote.receive_request(zygote_end) is None, "EOF means the pool is gone"
 
 
+def test_the_last_pool_s_release_reaches_the_zygote_as_such():
+    pool_end, zygote_end = socket.socketpair()
+    with pool_end, zygote_end:
+        testing.send_release_spare(pool_end.fileno())
+        assert _zygote.receive_request(zygote_end) == (_core.RELEASE_SPARE, [])
+
+
 def test_a_request_with_too_few_descriptors_is_ignored_and_its_fds_closed():
     pool_end, zygote_end = socket.socketpair()
     r, w = os.pipe()
@@ -146,7 +154,7 @@ def test_a_request_with_too_few_descriptors_is_ignored_and_its_fds_closed():
         try:
             socket.send_fds(pool_end, [_core.WORKER_REQUEST], [r])
             before = set(os.listdir("/proc/self/fd"))
-            assert _zygote.receive_request(zygote_end) == []
+            assert _zygote.receive_request(zygote_end) == (b"", [])
             assert set(os.listdir("/proc/self/fd")) <= before, "a received fd was left open"
         finally:
             os.close(r)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
-from deadpool import _core, _worker, _zygote
+from deadpool import _core, _settings, _worker, _zygote
 from deadpool._dispatcher import Dispatcher
 from deadpool._exceptions import PoolClosed, RemoteTraceback
 from deadpool._future import Future
@@ -105,7 +105,22 @@ class Deadpool(concurrent.futures.Executor):
 
     def _start_core(self, start_method: str, sizes: dict[str, int | None]) -> Any:
         """The Rust pool, with its workers starting."""
-        static_config = None if self._propagate_environ is not None else self._worker_config()
+        fork_zygote = None
+        if start_method == "fork":
+            # The zygote is forked from here and hands its workers the live
+            # objects: the settings frame only says so.
+            static_config: bytes | None = pickle.dumps(None)
+            fork_zygote = partial(
+                _zygote.fork_zygote,
+                partial(_settings.snapshot, self._settings, self._propagate_environ),
+            )
+        elif self._propagate_environ is None:
+            static_config = _settings.for_every_worker(self._settings)
+        else:
+            static_config = None
+            # Made per worker (a fresh environment each time); a TypeError now
+            # rather than in every worker.
+            _settings.for_every_worker(self._settings)
         core = _core.Pool(
             **sizes,
             start_method=start_method,
@@ -114,21 +129,14 @@ class Deadpool(concurrent.futures.Executor):
             static_config=static_config,
             dispatch=self._dispatcher,
             make_config=self._worker_config if static_config is None else None,
-            fork_zygote=_zygote.fork_zygote if start_method == "fork" else None,
+            fork_zygote=fork_zygote,
         )
         self._dispatcher.note_failed = core.note_failed
         return core
 
     def _worker_config(self) -> bytes:
-        settings = dict(self._settings)
-        if self._propagate_environ is not None:
-            settings["environ"] = {str(k): str(v) for k, v in dict(self._propagate_environ).items()}
-        try:
-            return pickle.dumps(settings, _PICKLE_PROTOCOL)
-        except Exception as exc:
-            raise TypeError(
-                f"initializer, finalizer and their arguments must be picklable: {exc}"
-            ) from exc
+        """A new worker's settings, made for it alone (see ``_settings``)."""
+        return _settings.for_one_worker(_settings.snapshot(self._settings, self._propagate_environ))
 
     # ----- Executor API ---------------------------------------------------
 

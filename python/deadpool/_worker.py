@@ -66,10 +66,15 @@ def _read_settings(task_fd: int) -> dict[str, Any]:
     if tag != TAG_CONFIG:
         raise RuntimeError(f"expected the worker settings, got frame tag {tag}")
     try:
-        return pickle.loads(body)
+        settings = pickle.loads(body)
     except BaseException:
         _log_exception("deadpool worker could not load its settings (initializer etc.)")
         return {}
+    if settings is None:  # "fork": inherited from the zygote (see fork_zygote)
+        from deadpool import _zygote
+
+        return _zygote.inherited_settings or {}
+    return settings
 
 
 def _initialise(settings: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ import traceback
 
 from deadpool import _core
 from deadpool._core import (
+    RELEASE_SPARE,
     STATUS_EXIT,
     STATUS_PID,
     WORKER_REQUEST,
@@ -35,6 +36,7 @@ from deadpool._worker import _flush_stdio, _log_exception, worker_main
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
 # True while a zygote imports the parent's __main__: a script without an
 # `if __name__ == "__main__":` guard must not start pools from there.
@@ -84,12 +86,21 @@ def zygote_main(control_fd: int, single: bool, forked_from_parent: bool = False)
         os._exit(0)
 
 
-def fork_zygote(child_fd: int) -> int:
-    """ "fork" start method: fork this (parent) process into a one-worker zygote."""
+# "fork": the settings of the worker this zygote serves, live objects and all.
+inherited_settings: dict[str, Any] | None = None
+
+
+def fork_zygote(settings_source: Callable[[], dict[str, Any]], child_fd: int) -> int:
+    """ "fork" start method: fork this (parent) process into a one-worker zygote.
+    Its worker takes its settings from ``settings_source()``, called in the
+    child: multiprocessing objects reach it by inheritance, as with the
+    stdlib's fork, and ``propagate_environ`` is read as it is at the fork."""
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
+            global inherited_settings
+            inherited_settings = settings_source()
             _core.become_forked_zygote(parent)
             zygote_main(child_fd, single=True, forked_from_parent=True)
         finally:
@@ -187,10 +198,13 @@ class _Zygote:
 
     def take_request(self) -> bool:
         """False when the lifeline is gone."""
-        fds = receive_request(self.control)
-        if fds is None:
+        received = receive_request(self.control)
+        if received is None:
             return False
-        if fds:
+        message, fds = received
+        if message == RELEASE_SPARE:
+            self.release_spare()
+        elif fds:
             self.start_worker(*fds)
         return True
 
@@ -301,13 +315,8 @@ class _Zygote:
     def reap(self) -> None:
         """Reap every exited child; report the workers' statuses. Orphans that
         were re-parented to us are reaped too, so nothing stays a zombie."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        while (pid_status := _reap_one()) is not None:
+            pid, status = pid_status
             status_fd = self.workers.pop(pid, None)
             if status_fd is not None:
                 _write_status(status_fd, STATUS_EXIT, status)
@@ -317,6 +326,16 @@ class _Zygote:
             elif self.spare is not None and pid == self.spare.pid:
                 self.spare.sock.close()  # killed while waiting: make another
                 self.spare = None
+
+    def release_spare(self) -> None:
+        """No pool needs a spare any more: let it go (its socket's end of file
+        tells it to exit; it is reaped like any child), and keep none until a
+        worker dies again. Like the stdlib's forkserver, the zygote is then all
+        that outlives the pools."""
+        self.keeps_spare = False
+        if self.spare is not None:
+            self.spare.sock.close()
+            self.spare = None
 
     def die(self) -> None:
         self.kill_everything()
@@ -341,26 +360,37 @@ class _Zygote:
                 time.sleep(0.001)
 
 
-def receive_request(control: socket.socket) -> list[int] | None:
-    """One worker request from the pool: the worker's task pipe (read end),
-    result pipe (write end) and status pipe (write end). None when the
-    lifeline is gone; [] for a request to ignore (interrupted, or malformed:
-    its descriptors are closed)."""
+def _reap_one() -> tuple[int, int] | None:
+    """One exited child's ``(pid, wait status)``, or None if none is waiting."""
+    try:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return None if pid == 0 else (pid, status)
+
+
+def receive_request(control: socket.socket) -> tuple[bytes, list[int]] | None:
+    """One message from the pool: ``(WORKER_REQUEST, [task pipe read end,
+    result pipe write end, status pipe write end])`` or ``(RELEASE_SPARE, [])``.
+    None when the lifeline is gone; ``(b"", [])`` for a message to ignore
+    (interrupted, or malformed: its descriptors are closed)."""
     try:
         message, fds, _flags, _addr = socket.recv_fds(
             control, len(WORKER_REQUEST), WORKER_REQUEST_FDS
         )
     except InterruptedError:
-        return []
+        return b"", []
     except OSError:
         return None
     if not message:
         return None
-    if len(fds) != WORKER_REQUEST_FDS:
+    if message == RELEASE_SPARE and not fds:
+        return message, []
+    if message != WORKER_REQUEST or len(fds) != WORKER_REQUEST_FDS:
         for fd in fds:
             os.close(fd)
-        return []
-    return fds
+        return b"", []
+    return message, fds
 
 
 def _write_status(fd: int, kind: int, value: int) -> None:

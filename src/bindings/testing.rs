@@ -79,6 +79,18 @@ pub fn send_worker_request(fd: i32) -> PyResult<()> {
     Ok(())
 }
 
+/// Sends the message that lets the zygote's spare go, as the last pool does.
+#[pyfunction]
+pub fn send_release_spare(fd: i32) -> PyResult<()> {
+    if fd < 0 {
+        return Err(PyValueError::new_err("fd must be non-negative"));
+    }
+    // SAFETY: the caller keeps the descriptor open for this call.
+    Ok(request::send_release_spare(unsafe {
+        BorrowedFd::borrow_raw(fd)
+    })?)
+}
+
 /// The preparation data as the pool sends it to a new zygote.
 #[pyfunction]
 pub fn encode_preparation(py: Python<'_>, data: Vec<u8>) -> PyResult<Py<PyBytes>> {

@@ -3,7 +3,7 @@
 
 use crate::wire::dispatch::{CancelReply, EventKind};
 use crate::wire::frame::Tag;
-use crate::wire::request::{WORKER_REQUEST, WORKER_REQUEST_FDS};
+use crate::wire::request::{RELEASE_SPARE, WORKER_REQUEST, WORKER_REQUEST_FDS};
 use crate::wire::status::StatusKind;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -23,5 +23,6 @@ pub fn export(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add("WORKER_REQUEST", PyBytes::new(m.py(), &WORKER_REQUEST))?;
     m.add("WORKER_REQUEST_FDS", WORKER_REQUEST_FDS)?;
+    m.add("RELEASE_SPARE", PyBytes::new(m.py(), &RELEASE_SPARE))?;
     Ok(())
 }

@@ -251,6 +251,38 @@ pub fn bury_shared(pid: i32) {
     }
 }
 
+/// Pools of this process that use the shared zygote.
+static SHARED_ZYGOTE_USERS: ForkResetMutex<usize> = ForkResetMutex::new();
+
+/// Held by a pool for as long as it may ask the shared zygote for workers.
+/// When the last one goes, the zygote is told to let its spare child go, so
+/// that, as with the stdlib's forkserver, nothing but the zygote outlives
+/// the pools.
+pub struct SharedZygoteUser(());
+
+impl SharedZygoteUser {
+    pub fn register() -> SharedZygoteUser {
+        *SHARED_ZYGOTE_USERS.lock() += 1;
+        SharedZygoteUser(())
+    }
+}
+
+impl Drop for SharedZygoteUser {
+    fn drop(&mut self) {
+        let remaining = {
+            let mut users = SHARED_ZYGOTE_USERS.lock();
+            *users = users.saturating_sub(1);
+            *users
+        };
+        if remaining == 0 {
+            if let Some(zygote) = SHARED.lock().as_ref() {
+                // A zygote that is gone has no spare to release.
+                let _ = request::send_release_spare(zygote.control.as_fd());
+            }
+        }
+    }
+}
+
 /// The pid of the shared zygote, if one is running.
 pub fn shared_zygote_pid() -> Option<i32> {
     SHARED.lock().as_ref().map(Zygote::pid)
@@ -264,5 +296,6 @@ pub fn shared_zygote_pid() -> Option<i32> {
 /// zygotes are the parent's children, not ours to reap.
 pub fn forget_shared_after_fork() {
     drop(SHARED.reset_after_fork());
+    let _ = SHARED_ZYGOTE_USERS.reset_after_fork();
     drop(GRAVEYARD.reset_after_fork());
 }

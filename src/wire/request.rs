@@ -3,7 +3,8 @@
 //! `multiprocessing.spawn` preparation); then one worker request per worker,
 //! the bytes [`WORKER_REQUEST`] carrying [`WORKER_REQUEST_FDS`] descriptors
 //! (the worker's task pipe read end, result pipe write end and status pipe
-//! write end) as `SCM_RIGHTS`.
+//! write end) as `SCM_RIGHTS`; and [`RELEASE_SPARE`], without descriptors,
+//! when the last pool that could need the zygote's spare child is gone.
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use std::io::{self, IoSlice, Read, Write};
@@ -11,6 +12,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 pub const WORKER_REQUEST: [u8; 8] = *b"WORKER\0\0";
 pub const WORKER_REQUEST_FDS: usize = 3;
+/// As long as a worker request, so the zygote reads either the same way.
+pub const RELEASE_SPARE: [u8; 8] = *b"NOSPARE\0";
 
 pub fn write_preparation<W: Write>(sink: &mut W, preparation: &[u8]) -> io::Result<()> {
     sink.write_all(&(preparation.len() as u64).to_le_bytes())?;
@@ -56,6 +59,13 @@ pub fn send_worker_request(
         MsgFlags::MSG_NOSIGNAL,
         None,
     )?;
+    Ok(())
+}
+
+/// Tells the zygote to let its spare go (see [`RELEASE_SPARE`]).
+pub fn send_release_spare(control: BorrowedFd<'_>) -> io::Result<()> {
+    let iov = [IoSlice::new(&RELEASE_SPARE)];
+    sendmsg::<()>(control.as_raw_fd(), &iov, &[], MsgFlags::MSG_NOSIGNAL, None)?;
     Ok(())
 }
 

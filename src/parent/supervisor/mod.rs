@@ -143,6 +143,8 @@ impl Supervisor {
     }
 
     pub fn run(mut self) {
+        let _user = (self.settings.start_method == StartMethod::Forkserver)
+            .then(zygote_client::SharedZygoteUser::register);
         for _ in 0..self.settings.max_workers {
             self.spawn_worker();
         }
