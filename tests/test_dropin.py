@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import multiprocessing
 
+import deadpool
 import pytest
 
-import deadpool
 from tests import tasks
 from tests.helpers import pool
 

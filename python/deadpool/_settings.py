@@ -51,7 +51,7 @@ class _Probe(_ToOneWorker):
     """Counts the descriptors the settings carry without registering any."""
 
     @staticmethod
-    def DupFd(fd: int) -> None:  # noqa: N802 (multiprocessing's name)
+    def DupFd(fd: int) -> None:  # multiprocessing's name
         return None
 
 
