@@ -28,9 +28,9 @@ mod _core {
 
     #[pymodule_export]
     use crate::bindings::child::{
-        become_forked_zygote, become_worker, become_zygote, kill_descendants, kill_tree,
-        process_name, read_frame, read_preparation, rss_bytes, set_process_name,
-        tune_allocator_for_worker, write_frame, write_status,
+        become_worker, become_zygote, kill_descendants, kill_tree, process_name, read_frame,
+        read_preparation, rss_bytes, set_process_name, tune_allocator_for_worker, write_frame,
+        write_status,
     };
     #[pymodule_export]
     use crate::bindings::process::{forget_zygote_after_fork, malloc_trim};

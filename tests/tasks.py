@@ -373,3 +373,10 @@ def log_info(message):
 def put_pid_on(queue, tag):
     """A finalizer: report which worker retired."""
     queue.put((tag, os.getpid()))
+
+
+def import_value(module_name):
+    """Import `module_name` in the worker and return its VALUE."""
+    import importlib
+
+    return importlib.import_module(module_name).VALUE

@@ -105,15 +105,15 @@ class Deadpool(concurrent.futures.Executor):
 
     def _start_core(self, start_method: str, sizes: dict[str, int | None]) -> Any:
         """The Rust pool, with its workers starting."""
-        fork_zygote = None
-        if start_method == "fork":
-            # The zygote is forked from here and hands its workers the live
-            # objects: the settings frame only says so.
-            static_config: bytes | None = pickle.dumps(None)
-            fork_zygote = partial(
-                _zygote.fork_zygote,
-                partial(_settings.snapshot, self._settings, self._propagate_environ),
-            )
+        self._inherits = start_method == "fork"
+        fork_zygote = forked_zygote = None
+        if self._inherits:
+            # Workers come from a zygote forked here and now, and take the
+            # live objects from it; their settings frame says so (and brings
+            # a fresh propagate_environ).
+            fork_zygote = partial(_zygote.fork_zygote, partial(dict, self._settings))
+            forked_zygote = fork_zygote()
+            static_config = None if self._propagate_environ else pickle.dumps({"inherited": True})
         elif self._propagate_environ is None:
             static_config = _settings.for_every_worker(self._settings)
         else:
@@ -130,12 +130,16 @@ class Deadpool(concurrent.futures.Executor):
             dispatch=self._dispatcher,
             make_config=self._worker_config if static_config is None else None,
             fork_zygote=fork_zygote,
+            forked_zygote=forked_zygote,
         )
         self._dispatcher.note_failed = core.note_failed
         return core
 
     def _worker_config(self) -> bytes:
         """A new worker's settings, made for it alone (see ``_settings``)."""
+        if self._inherits:
+            environ = _settings.snapshot({}, self._propagate_environ)
+            return pickle.dumps({"inherited": True, **environ}, _PICKLE_PROTOCOL)
         return _settings.for_one_worker(_settings.snapshot(self._settings, self._propagate_environ))
 
     # ----- Executor API ---------------------------------------------------

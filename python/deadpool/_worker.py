@@ -70,10 +70,10 @@ def _read_settings(task_fd: int) -> dict[str, Any]:
     except BaseException:
         _log_exception("deadpool worker could not load its settings (initializer etc.)")
         return {}
-    if settings is None:  # "fork": inherited from the zygote (see fork_zygote)
+    if settings.pop("inherited", False):  # "fork": see _zygote.fork_zygote
         from deadpool import _zygote
 
-        return _zygote.inherited_settings or {}
+        settings = {**_zygote.inherited_settings, **settings}
     return settings
 
 

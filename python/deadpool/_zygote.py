@@ -56,56 +56,58 @@ def zygote_main_from_stdin(single: bool) -> None:
 
 
 def zygote_main(control_fd: int, single: bool, forked_from_parent: bool = False) -> None:
-    """Serve worker requests on ``control_fd`` until the pool goes away.
+    """Serve worker requests on ``control_fd`` until the pool goes away (its
+    end of file: the pools let go, or the parent died).
 
-    ``single``: serve one worker, then exit once it has ("spawn" and "fork").
+    ``single``: serve one worker, then exit once it has ("spawn").
     ``forked_from_parent``: this process is a fork of the parent ("fork"), so it
-    needs no preparation and dies with the parent by PDEATHSIG, not by EOF.
+    needs no preparation.
     """
     # Ctrl-C in a terminal reaches the parent's whole process group, which
     # includes this zygote; the parent decides what an interrupt means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = socket.socket(fileno=control_fd)
+    _core.become_zygote()
     if not forked_from_parent:
-        _core.become_zygote()
         preparation = read_preparation(control.fileno())
         if preparation is None:
             os._exit(0)  # the pool went away before we started
         _prepare(preparation)
     try:
-        # A zygote forked from the parent dies with the parent's thread
-        # (PDEATHSIG), not by its lifeline; its worker must follow it.
-        zygote = _Zygote(control, single, die_with_zygote=forked_from_parent)
-        if forked_from_parent:
-            # Forked from the parent: the kernel's parent-death signal (SIGTERM,
-            # see fork_zygote) is our lifeline. Take everything below us along.
-            signal.signal(signal.SIGTERM, lambda signum, frame: zygote.die())
-        zygote.serve()
+        _Zygote(control, single).serve()
     finally:
         _flush_stdio()
         os._exit(0)
 
 
-# "fork": the settings of the worker this zygote serves, live objects and all.
-inherited_settings: dict[str, Any] | None = None
+# "fork": the settings of this pool's workers, live objects and all.
+inherited_settings: dict[str, Any] = {}
 
 
-def fork_zygote(settings_source: Callable[[], dict[str, Any]], child_fd: int) -> int:
-    """ "fork" start method: fork this (parent) process into a one-worker zygote.
-    Its worker takes its settings from ``settings_source()``, called in the
-    child: multiprocessing objects reach it by inheritance, as with the
-    stdlib's fork, and ``propagate_environ`` is read as it is at the fork."""
-    parent = os.getpid()
+def fork_zygote(settings_source: Callable[[], dict[str, Any]]) -> tuple[int, int]:
+    """ "fork" start method: fork this (parent) process into the pool's zygote,
+    which forks every worker of the pool. Called in the thread that makes the
+    pool (a safe point: the stdlib forks in the thread that submits), and only
+    if that zygote is lost, on the pool's completion thread. Its workers take
+    their settings from ``settings_source()``, called in the child, so
+    multiprocessing objects reach them by inheritance, as with the stdlib's
+    fork. Returns the zygote's pid and the pool's end of its control socket,
+    which the caller owns from then on."""
+    pool_end, zygote_end = socket.socketpair()
     pid = os.fork()
     if pid == 0:
         try:
+            # Our copy of the pool's end would keep our lifeline from ever
+            # reaching end of file (other zygotes' copies were closed by the
+            # fork hook in _executor).
+            pool_end.close()
             global inherited_settings
             inherited_settings = settings_source()
-            _core.become_forked_zygote(parent)
-            zygote_main(child_fd, single=True, forked_from_parent=True)
+            zygote_main(zygote_end.detach(), single=False, forked_from_parent=True)
         finally:
             os._exit(0)
-    return pid
+    zygote_end.close()
+    return pid, pool_end.detach()
 
 
 def _prepare(preparation: bytes) -> None:
@@ -162,10 +164,9 @@ class _Spare:
 
 
 class _Zygote:
-    def __init__(self, control: socket.socket, single: bool, die_with_zygote: bool) -> None:
+    def __init__(self, control: socket.socket, single: bool) -> None:
         self.control = control
         self.single = single
-        self.die_with_zygote = die_with_zygote
         self.spawned = 0
         self.workers: dict[int, int] = {}  # worker pid -> status pipe fd
         self.spare: _Spare | None = None
@@ -221,10 +222,9 @@ class _Zygote:
         _write_status(status_w, STATUS_PID, pid)
 
     def fork_worker(self, task_r: int, result_w: int, status_w: int) -> int:
-        zygote_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
-            self.run_child(lambda: self.become_worker(zygote_pid, task_r, result_w, status_w))
+            self.run_child(lambda: self.become_worker(task_r, result_w, status_w))
         return pid
 
     def time_until_spare(self) -> float | None:
@@ -235,7 +235,6 @@ class _Zygote:
         return max(SPARE_REFILL_DELAY, self.no_spare_until - time.monotonic())
 
     def fork_spare(self) -> None:
-        zygote_pid = os.getpid()
         try:
             ours, theirs = socket.socketpair()
         except OSError:
@@ -252,7 +251,7 @@ class _Zygote:
             return
         if pid == 0:
             ours.close()
-            self.run_child(lambda: self.wait_as_spare(zygote_pid, theirs))
+            self.run_child(lambda: self.wait_as_spare(theirs))
         theirs.close()
         self.spare = _Spare(pid, ours)
 
@@ -280,7 +279,7 @@ class _Zygote:
         for fd in (self.wakeup_r, self.wakeup_w, *self.workers.values()):
             os.close(fd)
 
-    def wait_as_spare(self, zygote_pid: int, sock: socket.socket) -> None:
+    def wait_as_spare(self, sock: socket.socket) -> None:
         self.leave_zygote()
         name = _core.process_name()
         _core.set_process_name(SPARE_NAME)
@@ -295,14 +294,14 @@ class _Zygote:
             return  # the zygote is gone (EOF)
         _core.set_process_name(name)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        _core.become_worker(zygote_pid, self.die_with_zygote)
+        _core.become_worker()
         worker_main(*fds)
 
-    def become_worker(self, zygote_pid: int, task_r: int, result_w: int, status_w: int) -> None:
+    def become_worker(self, task_r: int, result_w: int, status_w: int) -> None:
         self.leave_zygote()
         os.close(status_w)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        _core.become_worker(zygote_pid, self.die_with_zygote)
+        _core.become_worker()
         worker_main(task_r, result_w)
 
     def drain_wakeups(self) -> None:
@@ -336,10 +335,6 @@ class _Zygote:
         if self.spare is not None:
             self.spare.sock.close()
             self.spare = None
-
-    def die(self) -> None:
-        self.kill_everything()
-        os._exit(0)
 
     def kill_everything(self) -> None:
         for pid in list(self.workers):

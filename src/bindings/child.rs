@@ -90,20 +90,14 @@ pub fn read_preparation(py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyBytes
 
 /// Called by a worker right after the zygote forked it.
 #[pyfunction]
-pub fn become_worker(zygote_pid: i32, die_with_zygote: bool) -> PyResult<()> {
-    setup::become_worker(zygote_pid, die_with_zygote).map_err(os_error)
+pub fn become_worker() -> PyResult<()> {
+    setup::become_worker().map_err(os_error)
 }
 
 /// Called by an exec'd zygote before it serves.
 #[pyfunction]
 pub fn become_zygote() -> PyResult<()> {
     setup::become_zygote().map_err(os_error)
-}
-
-/// Called by a zygote forked from the parent ("fork" start method).
-#[pyfunction]
-pub fn become_forked_zygote(parent_pid: i32) -> PyResult<()> {
-    setup::become_forked_zygote(parent_pid).map_err(os_error)
 }
 
 /// SIGKILLs `pid`, its process group and every descendant.

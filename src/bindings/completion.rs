@@ -13,7 +13,7 @@ use crate::wire::dispatch::EventKind;
 use crossbeam_channel::{Receiver, Sender};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
 
@@ -120,12 +120,9 @@ fn deliver(
                 let _ = commands.send(Command::WorkerConfig { worker_id, config });
                 answered = true;
             }
-            Event::NeedFork {
-                worker_id,
-                child_end,
-            } => {
-                let pid = fork_zygote(py, callbacks.fork_zygote.as_ref(), child_end);
-                let _ = commands.send(Command::Forked { worker_id, pid });
+            Event::NeedFork => {
+                let zygote = fork_zygote(py, callbacks.fork_zygote.as_ref());
+                let _ = commands.send(Command::Forked { zygote });
                 answered = true;
             }
             Event::Log { level, message } => log::log!(target: "deadpool", level, "{message}"),
@@ -223,15 +220,23 @@ fn call_for_bytes(py: Python<'_>, callable: Option<&Py<PyAny>>) -> Result<Vec<u8
     Ok(bytes.as_bytes().to_vec())
 }
 
-fn fork_zygote(
-    py: Python<'_>,
-    callable: Option<&Py<PyAny>>,
-    child_end: OwnedFd,
-) -> Result<i32, String> {
+/// Calls the shim's fork function: `(pid, control fd)` of a new zygote,
+/// whose control socket is ours from now on.
+fn fork_zygote(py: Python<'_>, callable: Option<&Py<PyAny>>) -> Result<(i32, OwnedFd), String> {
     let callable = callable.ok_or("no fork function was given")?;
-    let result = callable
-        .call1(py, (child_end.as_raw_fd(),))
+    let result = callable.call0(py).map_err(|e| e.to_string())?;
+    let (pid, fd) = result
+        .extract::<(i32, RawFd)>(py)
         .map_err(|e| e.to_string())?;
-    drop(child_end);
-    result.extract::<i32>(py).map_err(|e| e.to_string())
+    Ok((pid, adopt_fd(fd)?))
+}
+
+/// A descriptor Python handed over (`socket.detach()`): ours to close.
+pub fn adopt_fd(fd: RawFd) -> Result<OwnedFd, String> {
+    if fd < 0 {
+        return Err(format!("not a descriptor: {fd}"));
+    }
+    // SAFETY: the caller detached it from its socket object, so nothing
+    // else owns or closes it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

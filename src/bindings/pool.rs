@@ -15,13 +15,14 @@ use crate::parent::killer::Killer;
 use crate::parent::messages::{Command, Event};
 use crate::parent::stats::Stats;
 use crate::parent::supervisor::{Settings, Shared, StartMethod, Supervisor};
-use crate::parent::zygote_client::ZygoteLaunch;
+use crate::parent::zygote_client::{Zygote, ZygoteLaunch};
 use crate::wire::dispatch::CancelReply;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nix::sys::signal::Signal;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -78,6 +79,7 @@ impl Pool {
     #[pyo3(signature = (
         *, max_workers, min_workers, max_backlog, max_tasks_per_child, max_worker_memory_bytes,
         start_method, argv, preparation, static_config, dispatch, make_config, fork_zygote,
+        forked_zygote=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -93,6 +95,7 @@ impl Pool {
         dispatch: Py<PyAny>,
         make_config: Option<Py<PyAny>>,
         fork_zygote: Option<Py<PyAny>>,
+        forked_zygote: Option<(i32, RawFd)>,
     ) -> PyResult<Self> {
         let settings = Settings {
             max_workers,
@@ -102,6 +105,7 @@ impl Pool {
             start_method: parse_start_method(start_method)?,
             launch: ZygoteLaunch { argv, preparation },
             static_config,
+            pool_zygote: forked_zygote.map(adopt_zygote).transpose()?,
         };
         let shared = Arc::new(Shared::new(max_backlog)?);
         let (command_tx, command_rx) = crossbeam_channel::unbounded();
@@ -289,6 +293,12 @@ impl Pool {
             }
         });
     }
+}
+
+/// "fork": the zygote the shim forked, `(pid, control fd)`, now ours.
+fn adopt_zygote((pid, fd): (i32, RawFd)) -> PyResult<Zygote> {
+    let control = completion::adopt_fd(fd).map_err(PyValueError::new_err)?;
+    Ok(Zygote::adopt(pid, control))
 }
 
 /// Runs the supervisor on its own thread. A bug that panics there must not

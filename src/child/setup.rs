@@ -1,55 +1,28 @@
 //! What a freshly started child process does to itself before it runs user
-//! code: process groups, parent-death signals, subreaping, its name.
+//! code: its process group, subreaping, its name.
 
 use nix::sys::prctl;
-use nix::sys::signal::Signal;
-use nix::unistd::{getppid, setpgid, Pid};
+use nix::unistd::{setpgid, Pid};
 use std::io;
 
-/// Makes the calling process a proper worker of the zygote `zygote_pid`:
+/// Makes the calling process a proper worker:
 /// - leader of its own process group, so one `killpg` reaches its tree and a
 ///   terminal's Ctrl-C (sent to the parent's group) does not;
-/// - a child subreaper, so orphans of a task stay in its tree to be killed;
-/// - with `die_with_zygote`, SIGKILLed when the zygote dies (safe: a zygote is
-///   single-threaded, so "the thread that forked us" is the zygote itself).
+/// - a child subreaper, so orphans of a task stay in its tree to be killed.
 ///
-/// Workers of an exec'd zygote do not die with it: if the zygote is killed,
-/// they finish their tasks over their own pipes (the parent's death still
-/// reaches them through the zygote's lifeline, or their task pipe's EOF).
-pub fn become_worker(zygote_pid: i32, die_with_zygote: bool) -> io::Result<()> {
+/// Workers do not die with their zygote: if it is killed, they finish their
+/// tasks over their own pipes (the parent's death still reaches them through
+/// the zygote's lifeline, or their task pipe's end of file).
+pub fn become_worker() -> io::Result<()> {
     setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
-    if die_with_zygote {
-        die_with_parent(Signal::SIGKILL, zygote_pid, "the zygote")?;
-    }
     prctl::set_child_subreaper(true)?;
     Ok(())
 }
 
-/// For a zygote forked straight from the parent ("fork" start method): get
-/// SIGTERM when the parent thread that forked it ends (it lives as long as its
-/// pool, and dies with the parent), and handle it by killing everything below.
-pub fn become_forked_zygote(parent_pid: i32) -> io::Result<()> {
-    die_with_parent(Signal::SIGTERM, parent_pid, "the parent")?;
-    prctl::set_child_subreaper(true)?;
-    Ok(())
-}
-
-/// An exec'd zygote: orphans of its workers become its children, so it can
-/// reap them and kill them when its lifeline goes.
+/// A zygote: orphans of its workers become its children, so it can reap
+/// them and kill them when its lifeline goes.
 pub fn become_zygote() -> io::Result<()> {
     Ok(prctl::set_child_subreaper(true)?)
-}
-
-/// Asks for `signal` when the parent goes, then checks that the parent is
-/// still `parent_pid`: had it died before the request, no signal would come.
-fn die_with_parent(signal: Signal, parent_pid: i32, parent: &str) -> io::Result<()> {
-    prctl::set_pdeathsig(signal)?;
-    if getppid().as_raw() != parent_pid {
-        return Err(io::Error::other(format!(
-            "{parent} died while this process was starting"
-        )));
-    }
-    Ok(())
 }
 
 /// This thread's name, as `ps` and `/proc/<pid>/comm` show it for a

@@ -24,10 +24,10 @@ pub enum Command {
         worker_id: u64,
         config: Result<Vec<u8>, String>,
     },
-    /// The per-worker zygote forked on request (`Event::NeedFork`).
+    /// A new zygote for this pool, forked on request (`Event::NeedFork`):
+    /// its pid and the parent's end of its control socket.
     Forked {
-        worker_id: u64,
-        pid: Result<i32, String>,
+        zygote: Result<(i32, OwnedFd), String>,
     },
 }
 
@@ -60,11 +60,9 @@ pub enum Event {
     NeedConfig {
         worker_id: u64,
     },
-    /// Fork a per-worker zygote from the parent ("fork" start method).
-    NeedFork {
-        worker_id: u64,
-        child_end: OwnedFd,
-    },
+    /// Fork a new zygote for this pool from the parent ("fork" start method:
+    /// the one forked when the pool was made is gone).
+    NeedFork,
     /// A message for the `deadpool` logger.
     Log {
         level: log::Level,

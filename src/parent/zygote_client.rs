@@ -23,13 +23,14 @@
 
 use crate::os::fork_reset::ForkResetMutex;
 use crate::wire::request::{self, WORKER_REQUEST_FDS};
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, Pid};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::{Command, Stdio};
 
 /// Pipe capacity we ask for: large frames then cross in few wake-ups.
@@ -52,8 +53,45 @@ pub struct WorkerChannels {
 
 pub struct Zygote {
     pid: i32,
-    control: OwnedFd,
+    control: Lifeline,
     owner_pid: u32,
+}
+
+/// A zygote's control socket, the parent's end: the zygote takes its end of
+/// file for "the parent is gone". Every one open in this process is listed,
+/// so that a child made by `os.fork()` closes its copies: a copy left open in
+/// a long-lived child would keep a zygote alive after this process died.
+struct Lifeline(Option<OwnedFd>);
+
+static LIFELINES: ForkResetMutex<HashSet<RawFd>> = ForkResetMutex::new();
+
+impl Lifeline {
+    fn new(fd: OwnedFd) -> Lifeline {
+        LIFELINES.lock().insert(fd.as_raw_fd());
+        Lifeline(Some(fd))
+    }
+
+    fn fd(&self) -> io::Result<BorrowedFd<'_>> {
+        self.0
+            .as_ref()
+            .map(|fd| fd.as_fd())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+
+    /// Closes it (under the list's lock, so no fork sees it half-done).
+    fn cut(&mut self) {
+        if let Some(fd) = self.0.take() {
+            let mut lifelines = LIFELINES.lock();
+            lifelines.remove(&fd.as_raw_fd());
+            drop(fd);
+        }
+    }
+}
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        self.cut();
+    }
 }
 
 impl Zygote {
@@ -73,22 +111,25 @@ impl Zygote {
             .arg(script)
             .stdin(Stdio::from(child_end))
             .spawn()?;
-        let zygote = Zygote {
-            pid: child.id() as i32,
-            control: parent_end,
-            owner_pid: std::process::id(),
-        };
+        let zygote = Zygote::adopt(child.id() as i32, parent_end);
         zygote.send_preparation(&launch.preparation)?;
         Ok(zygote)
     }
 
-    /// Adopts a zygote that the caller forked itself ("fork" start method).
+    /// Takes charge of the zygote `pid` whose control socket is `control`
+    /// (one we started, or one the caller forked itself: "fork").
     pub fn adopt(pid: i32, control: OwnedFd) -> Zygote {
         Zygote {
             pid,
-            control,
+            control: Lifeline::new(control),
             owner_pid: std::process::id(),
         }
+    }
+
+    /// Closes its lifeline: a zygote serving many workers then kills what
+    /// is left below it and exits, to be reaped.
+    pub fn let_go(&mut self) {
+        self.control.cut();
     }
 
     pub fn pid(&self) -> i32 {
@@ -96,14 +137,14 @@ impl Zygote {
     }
 
     fn send_preparation(&self, preparation: &[u8]) -> io::Result<()> {
-        let mut control = File::from(self.control.try_clone()?);
+        let mut control = File::from(self.control.fd()?.try_clone_to_owned()?);
         request::write_preparation(&mut control, preparation)
     }
 
     /// Asks the zygote for one worker and returns the parent's channel ends,
     /// already non-blocking.
     pub fn request_worker(&self) -> io::Result<WorkerChannels> {
-        request_worker(self.control.as_fd())
+        request_worker(self.control.fd()?)
     }
 
     /// Reaps the zygote if it has exited; true once it is gone.
@@ -122,14 +163,6 @@ fn control_pair() -> io::Result<(OwnedFd, OwnedFd)> {
         None,
         SockFlag::SOCK_CLOEXEC,
     )?)
-}
-
-/// A socket pair for a zygote the caller will fork itself: (parent end, child end).
-pub fn fork_control_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (parent_end, child_end) = control_pair()?;
-    let flags = FdFlag::from_bits_truncate(fcntl(&child_end, FcntlArg::F_GETFD)?);
-    fcntl(&child_end, FcntlArg::F_SETFD(flags & !FdFlag::FD_CLOEXEC))?;
-    Ok((parent_end, child_end))
 }
 
 /// Sends one worker request on `control` with fresh pipes; returns the
@@ -277,7 +310,9 @@ impl Drop for SharedZygoteUser {
         if remaining == 0 {
             if let Some(zygote) = SHARED.lock().as_ref() {
                 // A zygote that is gone has no spare to release.
-                let _ = request::send_release_spare(zygote.control.as_fd());
+                if let Ok(control) = zygote.control.fd() {
+                    let _ = request::send_release_spare(control);
+                }
             }
         }
     }
@@ -289,13 +324,21 @@ pub fn shared_zygote_pid() -> Option<i32> {
 }
 
 /// In a child made by `os.fork()`: start with fresh locks (one held by
-/// another thread at fork time would never be released here) and drop the
-/// inherited handle, so that the parent's zygote sees its lifeline close when
-/// the parent dies. (If the lock was held, the handle is leaked with it: the
-/// parent's zygote then also waits for this child to exit.) The graveyard's
-/// zygotes are the parent's children, not ours to reap.
+/// another thread at fork time would never be released here), and close the
+/// inherited copy of every zygote's lifeline, so that each zygote still sees
+/// its lifeline close when the parent dies. The parent's zygote handles are
+/// forgotten, not dropped: those zygotes are the parent's, not ours to reap
+/// or to talk to. (A lock held at the fork leaks what it guards; a lifeline
+/// listed under it then stays open in this child until it exits.)
 pub fn forget_shared_after_fork() {
-    drop(SHARED.reset_after_fork());
+    let inherited = LIFELINES.reset_after_fork().unwrap_or_default();
+    std::mem::forget(SHARED.reset_after_fork());
+    std::mem::forget(GRAVEYARD.reset_after_fork());
     let _ = SHARED_ZYGOTE_USERS.reset_after_fork();
-    drop(GRAVEYARD.reset_after_fork());
+    for fd in inherited {
+        // SAFETY: a copy of a lifeline made by the fork; nothing in this child
+        // owns it (the handles holding it were forgotten above, or belong to
+        // pool threads that do not exist here).
+        unsafe { libc::close(fd) };
+    }
 }

@@ -41,7 +41,7 @@ impl Supervisor {
             }
             Command::ClearWorkers => self.retire_idle_workers(),
             Command::WorkerConfig { worker_id, config } => self.deliver_config(worker_id, config),
-            Command::Forked { worker_id, pid } => self.adopt_forked_zygote(worker_id, pid),
+            Command::Forked { zygote } => self.adopt_pool_zygote(zygote),
         }
     }
 

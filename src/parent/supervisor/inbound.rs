@@ -1,7 +1,7 @@
 //! What comes back from workers and zygotes: result frames, status records,
 //! closed pipes, and finally each worker's exit.
 
-use super::worker::{Exit, Link, State, Zygotes};
+use super::worker::{Exit, State, Zygotes};
 use super::Supervisor;
 use crate::os::exit_status::describe_death;
 use crate::parent::messages::Outcome;
@@ -138,18 +138,38 @@ impl Supervisor {
                 StatusKind::Exit => worker.exit = Some(Exit::Reported(value)),
             }
         }
-        if worker.zygote_gone() && !worker.has_exited() {
-            if let Some(pid) = worker.shared_zygote_pid() {
+        let zygote_died = worker.zygote_gone() && !worker.has_exited();
+        if zygote_died && worker.results_closed() {
+            worker.exit = Some(Exit::Unknown);
+        }
+        let has_exited = worker.has_exited();
+        if zygote_died {
+            self.zygote_died(worker_id);
+        }
+        if has_exited {
+            self.read_results(worker_id);
+            self.worker_exited(worker_id);
+        }
+    }
+
+    /// A worker's zygote closed its status pipe without reporting the exit:
+    /// the zygote died. The worker may live on; the next one needs a new
+    /// zygote.
+    fn zygote_died(&mut self, worker_id: u64) {
+        let Some(worker) = self.workers.get(&worker_id) else {
+            return;
+        };
+        match worker.pipes.zygote {
+            Zygotes::Shared { pid } => {
                 zygote_client::bury_shared(pid);
                 self.graveyard_pending = true;
             }
-            if worker.results_closed() {
-                worker.exit = Some(Exit::Unknown);
+            Zygotes::Pool { pid } => {
+                if self.pool_zygote.as_ref().is_some_and(|z| z.pid() == pid) {
+                    self.lose_pool_zygote();
+                }
             }
-        }
-        if worker.has_exited() {
-            self.read_results(worker_id);
-            self.worker_exited(worker_id);
+            Zygotes::Own(_) => {}
         }
     }
 
@@ -174,11 +194,9 @@ impl Supervisor {
             ),
             State::Retiring { .. } | State::Killed => {}
         }
-        if let Link::Connected(pipes) = worker.link {
-            if let Zygotes::Own(zygote) = pipes.zygote {
-                if !zygote.try_reap() {
-                    self.zygotes_to_reap.push(zygote);
-                }
+        if let Zygotes::Own(zygote) = worker.pipes.zygote {
+            if !zygote.try_reap() {
+                self.zygotes_to_reap.push(zygote);
             }
         }
     }

@@ -28,6 +28,12 @@
 //! sizing and retirement rules), `staffing.rs` (starting and retiring),
 //! `commands.rs`, `dispatch.rs` (tasks out, deadlines), `inbound.rs` (frames
 //! and status records in), `poll.rs` (the wait).
+//!
+//! Zygotes by start method: "forkserver" shares one exec'd zygote among all
+//! pools of the process; "spawn" execs one per worker; "fork" forks one per
+//! pool from the thread that makes the pool (a safe point, as the stdlib
+//! forks in the thread that submits) and every worker from it, so no worker
+//! is ever forked from a background thread of the user's process.
 
 mod commands;
 mod dispatch;
@@ -74,6 +80,9 @@ pub struct Settings {
     /// Pickled worker settings; `None` means "ask for fresh ones per worker"
     /// (they snapshot `propagate_environ` at each worker's creation).
     pub static_config: Option<Vec<u8>>,
+    /// "fork": the zygote the shim forked from the user's thread that made
+    /// the pool; every worker of the pool is forked from it.
+    pub pool_zygote: Option<Zygote>,
 }
 
 /// What the Python-facing side and the supervisor both hold.
@@ -106,6 +115,10 @@ pub struct Supervisor {
     spawn_blocked_until: Option<Instant>,
     startup_failures: u32,
     zygotes_to_reap: Vec<Zygote>,
+    /// "fork": the zygote workers come from, and whether a new one is being
+    /// forked (the completion thread was asked: `Event::NeedFork`).
+    pool_zygote: Option<Zygote>,
+    fork_in_flight: bool,
     /// The last `ppoll` found the wake-up fd readable.
     woken: bool,
     /// Dead shared zygotes wait to be reaped (see zygote_client.rs).
@@ -119,11 +132,12 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(
         shared: Arc<Shared>,
-        settings: Settings,
+        mut settings: Settings,
         commands: Receiver<Command>,
         events: Sender<Vec<Event>>,
         killer: Killer,
     ) -> Self {
+        let pool_zygote = settings.pool_zygote.take();
         Supervisor {
             shared,
             settings,
@@ -135,6 +149,8 @@ impl Supervisor {
             spawn_blocked_until: None,
             startup_failures: 0,
             zygotes_to_reap: Vec::new(),
+            pool_zygote,
+            fork_in_flight: false,
             woken: false,
             graveyard_pending: false,
             killer: Arc::new(killer),
@@ -164,6 +180,10 @@ impl Supervisor {
             self.wait_for_io(timeout);
         }
         self.send_events();
+        if let Some(mut zygote) = self.pool_zygote.take() {
+            zygote.let_go();
+            self.zygotes_to_reap.push(zygote);
+        }
         self.wait_for_zygotes();
     }
 
@@ -218,7 +238,7 @@ impl Supervisor {
     fn publish_census(&self) {
         let count = |keep: fn(&Worker) -> bool| self.workers.values().filter(|w| keep(w)).count();
         self.shared.stats.publish(Census {
-            alive: count(|w| !w.has_exited() && w.is_connected()) as u64,
+            alive: count(|w| !w.has_exited()) as u64,
             idle: count(|w| matches!(w.state, State::Idle)) as u64,
             busy: count(|w| matches!(w.state, State::Busy { .. })) as u64,
         });

@@ -40,12 +40,10 @@ impl PollSet {
         self.owners.push((worker_id, role));
     }
 
-    fn watch_worker(&mut self, worker_id: u64, worker: &mut Worker) {
+    fn watch_worker(&mut self, worker_id: u64, worker: &Worker) {
         let has_exited = worker.has_exited();
         let output_pending = !worker.unsent.is_empty();
-        let Some(pipes) = worker.pipes() else {
-            return;
-        };
+        let pipes = &worker.pipes;
         if let Some(result_r) = &pipes.result_r {
             self.watch(worker_id, result_r.as_raw_fd(), libc::POLLIN, Role::Result);
         }
@@ -83,7 +81,7 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
 impl Supervisor {
     pub(super) fn wait_for_io(&mut self, timeout: Option<Duration>) {
         let mut set = PollSet::new(self.shared.waker.raw_fd());
-        for (worker_id, worker) in self.workers.iter_mut() {
+        for (worker_id, worker) in &self.workers {
             set.watch_worker(*worker_id, worker);
         }
         if !ppoll(&mut set.fds, timeout) {

@@ -1,36 +1,43 @@
 //! Starting workers, growing and shrinking the pool, retiring after tasks.
 
 use super::policy::{self, FinishedTask, Staffing};
-use super::worker::{Link, Pid, State, Worker, Zygotes};
+use super::worker::{Pid, State, Worker, Zygotes};
 use super::{StartMethod, Supervisor};
 use crate::os::process_tree;
 use crate::parent::messages::{Event, Outcome};
 use crate::parent::stats::Stats;
-use crate::parent::zygote_client::{self, Zygote};
+use crate::parent::zygote_client::{self, WorkerChannels, Zygote};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 impl Supervisor {
     pub(super) fn spawn_worker(&mut self) {
         let id = self.next_worker_id;
         self.next_worker_id += 1;
-        let link = match self.start_link(id) {
-            Ok(link) => link,
+        let (channels, zygote) = match self.start_process() {
+            Ok(started) => started,
+            // "fork" and the pool's zygote is being replaced: try again once
+            // it is here, without counting a failure.
+            Err(_) if self.fork_in_flight => return,
             Err(error) => {
                 self.startup_failed(&format!("could not start a worker process: {error}"));
                 return;
             }
         };
         Stats::add(&self.shared.stats.worker_processes_created);
-        let mut worker = Worker::new(link, &self.shared.buffers, &self.killer);
-        if worker.is_connected() {
-            self.send_first_config(id, &mut worker);
+        let mut worker = Worker::new(channels, zygote, &self.shared.buffers, &self.killer);
+        match &self.settings.static_config {
+            Some(config) => {
+                worker.send_config(config.clone());
+            }
+            None => self.emit(Event::NeedConfig { worker_id: id }),
         }
         self.workers.insert(id, worker);
     }
 
     /// Asks for a worker process as the start method says.
-    fn start_link(&mut self, worker_id: u64) -> io::Result<Link> {
+    fn start_process(&mut self) -> io::Result<(WorkerChannels, Zygotes)> {
         match self.settings.start_method {
             StartMethod::Forkserver => {
                 let mut notes = Vec::new();
@@ -40,58 +47,57 @@ impl Supervisor {
                     self.log(log::Level::Warn, note);
                 }
                 let (channels, pid) = result?;
-                Ok(Worker::connect(channels, Zygotes::Shared { pid }))
+                Ok((channels, Zygotes::Shared { pid }))
             }
             StartMethod::Spawn => {
                 let zygote = Zygote::launch(&self.settings.launch, true)?;
                 let channels = zygote.request_worker()?;
-                Ok(Worker::connect(channels, Zygotes::Own(zygote)))
+                Ok((channels, Zygotes::Own(zygote)))
             }
-            StartMethod::Fork => {
-                let (control, child_end) = zygote_client::fork_control_pair()?;
-                self.emit(Event::NeedFork {
-                    worker_id,
-                    child_end,
-                });
-                Ok(Link::AwaitingFork { control })
-            }
+            StartMethod::Fork => self.request_from_pool_zygote(),
         }
     }
 
-    fn send_first_config(&mut self, worker_id: u64, worker: &mut Worker) {
-        match &self.settings.static_config {
-            Some(config) => {
-                worker.send_config(config.clone());
-            }
-            None => self.emit(Event::NeedConfig { worker_id }),
-        }
-    }
-
-    pub(super) fn adopt_forked_zygote(&mut self, worker_id: u64, pid: Result<i32, String>) {
-        let Some(mut worker) = self.workers.remove(&worker_id) else {
-            return;
+    /// "fork": workers come from the zygote forked when the pool was made;
+    /// if it is gone, a new one is asked for.
+    fn request_from_pool_zygote(&mut self) -> io::Result<(WorkerChannels, Zygotes)> {
+        let requested = match &self.pool_zygote {
+            Some(zygote) => zygote
+                .request_worker()
+                .map(|channels| (channels, zygote.pid())),
+            None => Err(io::Error::other("the pool's zygote is being forked")),
         };
-        let Link::AwaitingFork { control } = worker.link else {
-            self.workers.insert(worker_id, worker);
-            return;
-        };
-        let zygote = match pid {
-            Ok(pid) => Zygote::adopt(pid, control),
-            Err(message) => {
-                self.startup_failed(&format!("could not fork a worker process: {message}"));
-                return;
-            }
-        };
-        match zygote.request_worker() {
-            Ok(channels) => {
-                worker.link = Worker::connect(channels, Zygotes::Own(zygote));
-                self.send_first_config(worker_id, &mut worker);
-                self.workers.insert(worker_id, worker);
-            }
+        match requested {
+            Ok((channels, pid)) => Ok((channels, Zygotes::Pool { pid })),
             Err(error) => {
-                self.zygotes_to_reap.push(zygote);
-                self.startup_failed(&format!("could not start a worker process: {error}"));
+                self.lose_pool_zygote();
+                Err(error)
             }
+        }
+    }
+
+    /// The pool's zygote died (or never came): reap it, and have a new one
+    /// forked, unless one is on its way already.
+    pub(super) fn lose_pool_zygote(&mut self) {
+        if let Some(mut dead) = self.pool_zygote.take() {
+            dead.let_go();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(dead.pid()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            self.zygotes_to_reap.push(dead);
+        }
+        if !self.fork_in_flight {
+            self.fork_in_flight = true;
+            self.emit(Event::NeedFork);
+        }
+    }
+
+    pub(super) fn adopt_pool_zygote(&mut self, forked: Result<(i32, OwnedFd), String>) {
+        self.fork_in_flight = false;
+        match forked {
+            Ok((pid, control)) => self.pool_zygote = Some(Zygote::adopt(pid, control)),
+            Err(message) => self.startup_failed(&format!("could not fork a zygote: {message}")),
         }
     }
 

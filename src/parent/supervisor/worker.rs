@@ -22,7 +22,6 @@ use nix::sys::signal::Signal;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -59,12 +58,14 @@ pub enum State {
 pub enum Zygotes {
     /// The zygote shared by every pool of this process ("forkserver").
     Shared { pid: i32 },
-    /// A zygote of its own ("spawn", "fork"), reaped after the worker.
+    /// The zygote this pool forked from the user's process ("fork").
+    Pool { pid: i32 },
+    /// A zygote of its own ("spawn"), reaped after the worker.
     Own(Zygote),
 }
 
-/// The parent's ends of a connected worker's pipes. A read end becomes
-/// `None` once it reached end of file.
+/// The parent's ends of a worker's pipes. A read end becomes `None` once it
+/// reached end of file.
 pub struct Pipes {
     pub task_w: File,
     pub result_r: Option<File>,
@@ -72,14 +73,6 @@ pub struct Pipes {
     /// worker itself may live on, orphaned.
     pub status_r: Option<File>,
     pub zygote: Zygotes,
-}
-
-pub enum Link {
-    /// "fork": the completion thread is forking this worker's zygote.
-    AwaitingFork {
-        control: OwnedFd,
-    },
-    Connected(Pipes),
 }
 
 /// The worker's pid arrives with its zygote's first status record.
@@ -99,7 +92,7 @@ pub enum Exit {
 }
 
 pub struct Worker {
-    pub link: Link,
+    pub pipes: Pipes,
     pub state: State,
     pub pid: Pid,
     pub exit: Option<Exit>,
@@ -114,9 +107,19 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(link: Link, buffers: &Arc<BufferPool>, killer: &Arc<Killer>) -> Worker {
+    pub fn new(
+        channels: WorkerChannels,
+        zygote: Zygotes,
+        buffers: &Arc<BufferPool>,
+        killer: &Arc<Killer>,
+    ) -> Worker {
         Worker {
-            link,
+            pipes: Pipes {
+                task_w: channels.task_w,
+                result_r: Some(channels.result_r),
+                status_r: Some(channels.status_r),
+                zygote,
+            },
             state: State::Starting {
                 retire_when_ready: false,
             },
@@ -133,74 +136,36 @@ impl Worker {
         }
     }
 
-    pub fn connect(channels: WorkerChannels, zygote: Zygotes) -> Link {
-        Link::Connected(Pipes {
-            task_w: channels.task_w,
-            result_r: Some(channels.result_r),
-            status_r: Some(channels.status_r),
-            zygote,
-        })
-    }
-
-    pub fn pipes(&mut self) -> Option<&mut Pipes> {
-        match &mut self.link {
-            Link::Connected(pipes) => Some(pipes),
-            Link::AwaitingFork { .. } => None,
-        }
-    }
-
     /// The next result frame, or what stopped it; None once the result pipe
     /// is closed (or was never open).
     pub fn read_result(&mut self) -> Option<io::Result<ReadOutcome>> {
-        let Link::Connected(pipes) = &mut self.link else {
-            return None;
-        };
-        let result_r = pipes.result_r.as_mut()?;
+        let result_r = self.pipes.result_r.as_mut()?;
         Some(self.reader.read_from(result_r))
     }
 
     pub fn close_results(&mut self) {
-        if let Some(pipes) = self.pipes() {
-            pipes.result_r = None;
-        }
+        self.pipes.result_r = None;
     }
 
     pub fn results_closed(&self) -> bool {
-        matches!(&self.link, Link::Connected(pipes) if pipes.result_r.is_none())
+        self.pipes.result_r.is_none()
     }
 
     /// Reads what the status pipe holds into the decoder, closing the pipe at
     /// its end; false if it was closed already (or never open).
     pub fn drain_status(&mut self) -> bool {
-        let Link::Connected(pipes) = &mut self.link else {
-            return false;
-        };
-        let Some(status_r) = pipes.status_r.as_mut() else {
+        let Some(status_r) = self.pipes.status_r.as_mut() else {
             return false;
         };
         if drain_into(status_r, &mut self.status) {
-            pipes.status_r = None;
+            self.pipes.status_r = None;
         }
         true
     }
 
     /// Its zygote closed the status pipe: gone, unless it reported the exit.
     pub fn zygote_gone(&self) -> bool {
-        matches!(&self.link, Link::Connected(pipes) if pipes.status_r.is_none())
-    }
-
-    pub fn shared_zygote_pid(&self) -> Option<i32> {
-        match &self.link {
-            Link::Connected(Pipes {
-                zygote: Zygotes::Shared { pid },
-                ..
-            }) => Some(*pid),
-            _ => None,
-        }
-    }
-
-    pub fn is_connected(&self) -> bool {
-        matches!(self.link, Link::Connected(_))
+        self.pipes.status_r.is_none()
     }
 
     pub fn pid_or_zero(&self) -> i32 {
@@ -320,11 +285,8 @@ impl Worker {
 
     /// Writes what the task pipe takes now; false when the pipe is broken.
     pub fn flush(&mut self) -> bool {
-        let Link::Connected(pipes) = &mut self.link else {
-            return true;
-        };
         while let Some(pending) = self.unsent.front_mut() {
-            match pending.write_to(&mut pipes.task_w) {
+            match pending.write_to(&mut self.pipes.task_w) {
                 Ok(true) => {
                     if let Some(done) = self.unsent.pop_front() {
                         self.buffers.give(done.into_body());
