@@ -330,3 +330,45 @@ def set_in(mapping, key, value, event=None):
     if event is not None:
         event.set()
     return os.getpid()
+
+
+# ---------------------------------------------------------------- remote errors
+
+
+def raise_worker_only_error(message):
+    """Raise an exception whose class lives in a module only this worker has:
+    it pickles here, and cannot be unpickled in the parent."""
+    import sys
+    import types
+
+    module = types.ModuleType("deadpool_test_worker_only")
+    exec(
+        "class WorkerOnlyError(Exception):\n    pass\n",
+        module.__dict__,
+    )
+    sys.modules[module.__name__] = module
+    raise module.WorkerOnlyError(message)
+
+
+def raise_ununpicklable_if_three(i):
+    if i == 3:
+        raise UnunpicklableError("three", "extra")
+    return i
+
+
+def raise_unpicklable_if_three(i):
+    if i == 3:
+        raise UnpicklableError("three cannot travel")
+    return i
+
+
+def worker_imported(module_name):
+    import sys
+
+    return module_name in sys.modules
+
+
+def exit_via_system_exit_if_three(i):
+    if i == 3:
+        raise SystemExit(3)
+    return i

@@ -23,8 +23,8 @@ from functools import partial
 from typing import Any
 
 from deadpool import _core, _worker, _zygote
-from deadpool._dispatcher import Dispatcher
-from deadpool._exceptions import PoolClosed, RemoteTraceback
+from deadpool._dispatcher import Dispatcher, _remote_exception
+from deadpool._exceptions import PoolClosed
 from deadpool._future import Future
 
 _START_METHODS = ("forkserver", "spawn", "fork")
@@ -395,12 +395,11 @@ def _on_event_loop_thread() -> bool:
     return asyncio is not None and asyncio.events._get_running_loop() is not None
 
 
-def _unchunk(outcomes: Iterator[tuple[list[Any], BaseException | None, str]]) -> Iterator[Any]:
-    for results, exc, tb in outcomes:
+def _unchunk(outcomes: Iterator[tuple[list[Any], bytes | None]]) -> Iterator[Any]:
+    for results, error in outcomes:
         yield from results
-        if exc is not None:
-            exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
-            raise exc
+        if error is not None:
+            raise _remote_exception(error)
 
 
 def _chunks(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
