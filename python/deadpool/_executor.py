@@ -183,7 +183,7 @@ class Deadpool(concurrent.futures.Executor):
         chunksize: int = 1,
     ) -> Iterator[Any]:
         """Like ``Executor.map``; with ``chunksize > 1`` each task runs a chunk of calls."""
-        chunksize = _positive_int("chunksize", chunksize)
+        chunksize = _int_at_least("chunksize", chunksize, 1, too_small="chunksize must be >= 1.")
         if timeout is not None:
             _seconds("timeout", timeout)
         if not callable(fn):
@@ -267,12 +267,22 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _int_at_least(name: str, value: Any, minimum: int, maximum: int = _MAX_INT) -> int:
+def _int_at_least(
+    name: str,
+    value: Any,
+    minimum: int,
+    maximum: int = _MAX_INT,
+    *,
+    not_int: str | None = None,
+    too_small: str | None = None,
+) -> int:
+    """``value`` as an int in [minimum, maximum]. ``not_int`` and ``too_small``
+    are the stdlib's wording of the same check, where it has one."""
     if not _is_int(value):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        raise TypeError(not_int or f"{name} must be an int, not {type(value).__name__}")
     value = operator.index(value)
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(too_small or f"{name} must be >= {minimum}, got {value}")
     if value > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
@@ -299,7 +309,9 @@ def _validated_sizes(
     defaults: max_workers, all the CPUs we may run on; min_workers, max_workers."""
     if max_workers is None:
         max_workers = len(os.sched_getaffinity(0))
-    max_workers = _int_at_least("max_workers", max_workers, 1, _MAX_WORKERS)
+    max_workers = _int_at_least(
+        "max_workers", max_workers, 1, _MAX_WORKERS, too_small="max_workers must be greater than 0"
+    )
     min_workers = (
         max_workers if min_workers is None else _int_at_least("min_workers", min_workers, 0)
     )
@@ -308,7 +320,16 @@ def _validated_sizes(
     return {
         "max_workers": max_workers,
         "min_workers": min_workers,
-        "max_tasks_per_child": _optional(_positive_int, "max_tasks_per_child", max_tasks_per_child),
+        "max_tasks_per_child": _optional(
+            partial(
+                _int_at_least,
+                minimum=1,
+                not_int="max_tasks_per_child must be an integer",
+                too_small="max_tasks_per_child must be >= 1",
+            ),
+            "max_tasks_per_child",
+            max_tasks_per_child,
+        ),
         "max_worker_memory_bytes": _optional(
             _positive_int, "max_worker_memory_bytes", max_worker_memory_bytes
         ),
@@ -318,6 +339,8 @@ def _validated_sizes(
 def _check_callables(**callables: Any) -> None:
     for name, fn in callables.items():
         if fn is not None and not callable(fn):
+            if name == "initializer":  # the stdlib's words
+                raise TypeError("initializer must be a callable")
             raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
 
 
