@@ -372,3 +372,22 @@ def exit_via_system_exit_if_three(i):
     if i == 3:
         raise SystemExit(3)
     return i
+
+
+# ---------------------------------------------------------------- executor API (map, terminate)
+
+
+def block_from(i, directory, first_blocking):
+    """For map(buffersize=...): record the start of item `i`; items from
+    `first_blocking` on wait for `directory`/release."""
+    write_atomic(os.path.join(directory, f"started-{i}"), str(os.getpid()))
+    if i >= first_blocking:
+        _wait_for_file(os.path.join(directory, "release"))
+    return i
+
+
+def log_start_end(i, path):
+    """Append ``start i`` and ``end i`` to `path` (the end before returning)."""
+    append_line(path, f"start {i}")
+    append_line(path, f"end {i}")
+    return i

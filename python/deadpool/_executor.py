@@ -4,6 +4,7 @@ everything else."""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import itertools
 import math
@@ -17,6 +18,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
@@ -149,6 +151,19 @@ class Deadpool(concurrent.futures.Executor):
         priority = deadpool_priority
         if type(priority) is not int or not 0 <= priority <= _MAX_PRIORITY:
             priority = _check_priority(priority)
+        return self._enqueue(fn, args, kwargs, priority, timeout, not _on_event_loop_thread())
+
+    def _enqueue(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        priority: int,
+        timeout: float | None,
+        respect_bound: bool,
+    ) -> Future:
+        """``submit`` with checked arguments; ``respect_bound=False`` admits the
+        task past ``max_backlog`` instead of blocking."""
         self._check_usable()
         future = Future()
         task_id = next(self._ids)
@@ -164,9 +179,7 @@ class Deadpool(concurrent.futures.Executor):
         futures = self._dispatcher.futures
         futures[task_id] = future  # before the core can report on it
         try:
-            accepted = self._core.submit(
-                task_id, payload, priority, timeout, not _on_event_loop_thread()
-            )
+            accepted = self._core.submit(task_id, payload, priority, timeout, respect_bound)
         except BaseException:
             futures.pop(task_id, None)
             raise
@@ -181,18 +194,47 @@ class Deadpool(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[Any]:
-        """Like ``Executor.map``; with ``chunksize > 1`` each task runs a chunk of calls."""
+        """Like ``Executor.map`` of Python 3.14, on every Python: results in
+        input order; ``timeout`` bounds the whole iteration; with ``chunksize >
+        1`` each task runs a chunk of calls; with ``buffersize``, at most that
+        many tasks (chunks) are submitted and not yet yielded, and the input is
+        read as results are taken (it may be endless)."""
+        # The stdlib's checks, in its order (chunksize, then buffersize).
         chunksize = _int_at_least("chunksize", chunksize, 1, too_small="chunksize must be >= 1.")
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        end_time = None
         if timeout is not None:
-            _seconds("timeout", timeout)
+            seconds = _seconds("timeout", timeout)
+            if seconds <= threading.TIMEOUT_MAX:  # beyond it: forever
+                end_time = time.monotonic() + seconds
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
-        if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        chunks = _chunks(zip(*iterables, strict=False), chunksize)
-        outcomes = super().map(partial(_worker.run_chunk, fn), chunks, timeout=timeout)
-        return _unchunk(outcomes)
+        calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
+        if chunksize > 1:
+            calls = zip(_chunks(calls, chunksize), strict=False)
+            fn = partial(_worker.run_chunk, fn)
+        fs: collections.deque[Future] = collections.deque()
+        try:
+            if buffersize is None:
+                # As before 3.14: every task is submitted now, within max_backlog.
+                for args in calls:
+                    fs.append(self.submit(fn, *args))
+                pending = None
+            else:
+                self._check_usable()
+                pending = _Refill(self, fn, calls)
+                while len(fs) < buffersize and (future := pending.next_future()) is not None:
+                    fs.append(future)
+        except BaseException:
+            for future in fs:
+                future.cancel()
+            raise
+        return _map_results(fs, pending, end_time, chunksize > 1)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the pool. ``wait`` waits for running tasks; pending tasks are
@@ -418,11 +460,80 @@ def _on_event_loop_thread() -> bool:
     return asyncio is not None and asyncio.events._get_running_loop() is not None
 
 
-def _unchunk(outcomes: Iterator[tuple[list[Any], bytes | None]]) -> Iterator[Any]:
-    for results, error in outcomes:
-        yield from results
-        if error is not None:
-            raise _remote_exception(error)
+class _Refill:
+    """The input of a ``map(..., buffersize=n)`` not yet submitted: one more
+    task each time a result is taken. The pool is held weakly, as the stdlib
+    does, so that an unfinished iterator does not keep it alive."""
+
+    def __init__(self, exe: Deadpool, fn: Callable[..., Any], calls: Iterator[Any]) -> None:
+        self._exe = weakref.ref(exe)
+        self._fn = fn
+        self._calls: Iterator[Any] | None = calls
+
+    def next_future(self) -> Future | None:
+        """The next task's future, or None once the input (or the pool) is gone.
+        The buffer is the bound, so the task is admitted past ``max_backlog``:
+        waiting for room there could wait for results nobody has yet been
+        given the chance to take. An input that raises, or a pool shut down
+        meanwhile, gives a failed future: the error comes in that input's
+        place, after the results before it."""
+        calls = self._calls
+        exe = self._exe()
+        if calls is None or exe is None:
+            return None
+        try:
+            args = next(calls, None)
+            if args is None:
+                self._calls = None
+                return None
+            return exe._enqueue(self._fn, args, {}, 0, None, False)
+        except Exception as exc:
+            self._calls = None
+            failed = Future()
+            failed.set_exception(exc)
+            return failed
+
+
+def _map_results(
+    fs: collections.deque[Future], refill: _Refill | None, end_time: float | None, chunked: bool
+) -> Iterator[Any]:
+    """``map()``'s results, in order. Leaving early cancels (and so kills) what
+    has not been yielded."""
+    try:
+        while fs:
+            outcome = _result_or_cancel(fs.popleft(), end_time)
+            if chunked:
+                results, error = outcome
+            if refill is not None and not (chunked and error is not None):
+                # The oldest task is done: one more may start while the caller
+                # takes this result.
+                future = refill.next_future()
+                if future is None:
+                    refill = None
+                else:
+                    fs.append(future)
+                    del future
+            if not chunked:
+                yield outcome
+                continue
+            yield from results
+            if error is not None:
+                raise _remote_exception(error)
+    finally:
+        # Newest first, as the stdlib does: cancelling (killing) the oldest
+        # first would free its worker for the next one meanwhile.
+        for future in reversed(fs):
+            future.cancel()
+
+
+def _result_or_cancel(future: Future, end_time: float | None) -> Any:
+    try:
+        try:
+            return future.result(None if end_time is None else end_time - time.monotonic())
+        finally:
+            future.cancel()  # timed out: kill it (a finished one ignores this)
+    finally:
+        del future  # no cycle through the exception's traceback
 
 
 def _chunks(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
