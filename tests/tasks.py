@@ -391,3 +391,11 @@ def log_start_end(i, path):
     append_line(path, f"start {i}")
     append_line(path, f"end {i}")
     return i
+
+
+def ignore_sigterm_then_block(started, release):
+    """A task that survives SIGTERM: only SIGKILL (or the release) ends it."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return block_until_released(started, release, "released")

@@ -1,10 +1,14 @@
 """Python 3.14's executor API on every Python: ``map(..., buffersize=)``,
-and the stdlib's wording for the argument errors it has words for."""
+``terminate_workers()``, ``kill_workers()``, and the stdlib's wording for
+the argument errors it has words for."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import os
+import select
+import signal
 import sys
 import threading
 
@@ -12,7 +16,7 @@ import deadpool
 import pytest
 
 from tests import tasks
-from tests.helpers import is_alive, pool, read_lines, stats_settle, wait_until
+from tests.helpers import Gate, is_alive, pool, read_lines, stats_settle, wait_until
 
 # ---------------------------------------------------------------- map(buffersize=)
 
@@ -243,6 +247,133 @@ def test_map_without_buffersize_still_submits_everything_at_the_call():
         assert source.taken == 12
         assert exe.get_statistics()["tasks_received"] == 12
         assert list(results) == [i * i for i in range(12)]
+
+
+# ---------------------------------------------------------------- terminate_workers / kill_workers
+
+SIGNALS = [
+    pytest.param("terminate_workers", -15, "Terminated", id="terminate_workers"),
+    pytest.param("kill_workers", -9, "Killed", id="kill_workers"),
+]
+
+
+@pytest.mark.parametrize(("method", "exitcode", "name"), SIGNALS)
+def test_signalling_the_workers_fails_running_tasks_and_cancels_waiting_ones(
+    tmp_path, method, exitcode, name
+):
+    gate = Gate(tmp_path)
+    with pool(max_workers=1, max_backlog=10) as exe:
+        try:
+            running = gate.submit(exe, "running")
+            pid = gate.wait_started(running)
+            waiting = [exe.submit(tasks.square, i) for i in range(3)]
+            assert getattr(exe, method)() is None
+            error = running.exception(timeout=30)
+            assert isinstance(error, deadpool.ProcessError), repr(error)
+            assert str(error) == (
+                f"Subprocess {pid} completed unexpectedly with exitcode {exitcode} ({name})"
+            )
+            assert all(f.cancelled() for f in waiting)
+            with pytest.raises(deadpool.PoolClosed):
+                exe.submit(tasks.square, 1)
+            wait_until(lambda: not is_alive(pid), timeout=30)
+        finally:
+            gate.open()
+
+
+@pytest.mark.parametrize(("method", "exitcode", "name"), SIGNALS)
+def test_signalling_the_workers_reaches_their_whole_process_trees(tmp_path, method, exitcode, name):
+    pids_path, release = tmp_path / "pids", tmp_path / "release"
+    with pool(max_workers=1) as exe:
+        try:
+            fut = exe.submit(tasks.spawn_grandchildren_and_block, str(pids_path), str(release))
+            wait_until(pids_path.exists, timeout=30)
+            pids = [int(p) for p in pids_path.read_text().split()]
+            getattr(exe, method)()
+            assert f"exitcode {exitcode} ({name})" in str(fut.exception(timeout=30))
+            for pid in pids:
+                wait_until(lambda pid=pid: not is_alive(pid), timeout=30, message=f"{pid} lives")
+        finally:
+            release.touch()
+
+
+@pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
+def test_signalling_idle_workers_ends_them_quietly(method):
+    with pool(max_workers=2) as exe:
+        pids = {exe.submit(tasks.get_pid).result(timeout=30) for _ in range(4)}
+        done = exe.submit(tasks.square, 7)
+        assert done.result(timeout=30) == 49
+        getattr(exe, method)()
+        for pid in pids:
+            wait_until(lambda pid=pid: not is_alive(pid), timeout=30, message=f"{pid} lives")
+        assert done.result() == 49
+        assert exe.get_statistics()["tasks_failed"] == 0
+
+
+def test_terminate_workers_does_not_wait_and_kill_workers_may_follow(tmp_path):
+    # The task ignores SIGTERM: terminate_workers() returns at once all the
+    # same, and kill_workers() afterwards ends it.
+    started, release = tmp_path / "started", tmp_path / "release"
+    with pool(max_workers=1) as exe:
+        try:
+            fut = exe.submit(tasks.ignore_sigterm_then_block, str(started), str(release))
+            wait_until(started.exists, timeout=30)
+            pid = int(started.read_text())
+            exe.terminate_workers()
+            assert not fut.done()
+            exe.kill_workers()
+            assert "exitcode -9 (Killed)" in str(fut.exception(timeout=30))
+            wait_until(lambda: not is_alive(pid), timeout=30)
+        finally:
+            release.touch()
+
+
+def test_terminate_and_kill_after_shutdown_or_twice_are_harmless():
+    exe = deadpool.Deadpool(max_workers=1)
+    try:
+        assert exe.submit(tasks.square, 3).result(timeout=30) == 9
+        exe.kill_workers()
+        exe.kill_workers()
+        exe.terminate_workers()
+        exe.shutdown()
+        exe.terminate_workers()
+        with pytest.raises(deadpool.PoolClosed):
+            exe.submit(tasks.square, 1)
+    finally:
+        exe.shutdown(wait=True)
+
+
+def test_a_forked_child_does_not_signal_the_parents_workers(tmp_path):
+    gate = Gate(tmp_path)
+    with pool(max_workers=1) as exe:
+        try:
+            running = gate.submit(exe, "running")
+            gate.wait_started(running)
+            r, w = os.pipe()
+            child = os.fork()
+            if child == 0:
+                try:
+                    exe.terminate_workers()
+                    exe.kill_workers()
+                    os.write(w, b"returned")
+                finally:
+                    os._exit(0)
+            os.close(w)
+            try:
+                ready, _, _ = select.select([r], [], [], 30)
+                answer = os.read(r, 64) if ready else b"hung"
+            finally:
+                os.close(r)
+                if not ready:
+                    os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+            assert answer == b"returned"
+            assert not running.done()
+            gate.open()
+            assert running.result(timeout=30) == "running"
+            assert exe.submit(tasks.square, 2).result(timeout=30) == 4
+        finally:
+            gate.open()
 
 
 # ---------------------------------------------------------------- the stdlib's words

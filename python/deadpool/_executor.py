@@ -15,6 +15,7 @@ import numbers
 import operator
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -263,8 +264,25 @@ class Deadpool(concurrent.futures.Executor):
                 self._stop(cancel_pending=True, kill_running=True)
                 raise
 
-    def _stop(self, cancel_pending: bool, kill_running: bool) -> None:
-        for task_id in self._core.shutdown(cancel_pending, kill_running):
+    def terminate_workers(self) -> None:
+        """Send SIGTERM to every worker's process tree and shut the pool down
+        without waiting (Python 3.14's name, on every Python): running tasks
+        fail with ``deadpool.ProcessError`` naming the signal, waiting tasks are
+        cancelled, and ``submit()`` raises ``deadpool.PoolClosed``."""
+        self._signal_workers(signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """``terminate_workers()`` with SIGKILL."""
+        self._signal_workers(signal.SIGKILL)
+
+    def _signal_workers(self, signum: int) -> None:
+        if not _owned_by_this_process(self._owner_pid):
+            return  # a forked child: the parent's workers are not ours to signal
+        self._closed = True
+        self._stop(cancel_pending=True, kill_running=False, signum=signum)
+
+    def _stop(self, cancel_pending: bool, kill_running: bool, signum: int | None = None) -> None:
+        for task_id in self._core.shutdown(cancel_pending, kill_running, signum):
             future = self._dispatcher.futures.pop(task_id, None)
             if future is not None:
                 future._force_cancelled()
