@@ -380,3 +380,72 @@ def import_value(module_name):
     import importlib
 
     return importlib.import_module(module_name).VALUE
+
+
+# ---------------------------------------------------------------- remote errors
+
+
+def raise_worker_only_error(message):
+    """Raise an exception whose class lives in a module only this worker has:
+    it pickles here, and cannot be unpickled in the parent."""
+    import sys
+    import types
+
+    module = types.ModuleType("deadpool_test_worker_only")
+    exec(
+        "class WorkerOnlyError(Exception):\n    pass\n",
+        module.__dict__,
+    )
+    sys.modules[module.__name__] = module
+    raise module.WorkerOnlyError(message)
+
+
+def raise_ununpicklable_if_three(i):
+    if i == 3:
+        raise UnunpicklableError("three", "extra")
+    return i
+
+
+def raise_unpicklable_if_three(i):
+    if i == 3:
+        raise UnpicklableError("three cannot travel")
+    return i
+
+
+def worker_imported(module_name):
+    import sys
+
+    return module_name in sys.modules
+
+
+def exit_via_system_exit_if_three(i):
+    if i == 3:
+        raise SystemExit(3)
+    return i
+
+
+# ---------------------------------------------------------------- executor API (map, terminate)
+
+
+def block_from(i, directory, first_blocking):
+    """For map(buffersize=...): record the start of item `i`; items from
+    `first_blocking` on wait for `directory`/release."""
+    write_atomic(os.path.join(directory, f"started-{i}"), str(os.getpid()))
+    if i >= first_blocking:
+        _wait_for_file(os.path.join(directory, "release"))
+    return i
+
+
+def log_start_end(i, path):
+    """Append ``start i`` and ``end i`` to `path` (the end before returning)."""
+    append_line(path, f"start {i}")
+    append_line(path, f"end {i}")
+    return i
+
+
+def ignore_sigterm_then_block(started, release):
+    """A task that survives SIGTERM: only SIGKILL (or the release) ends it."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return block_until_released(started, release, "released")

@@ -35,6 +35,55 @@ def test_bad_constructor_arguments(kwargs, exc_types, param):
     assert param in str(info.value), f"{param!r} not named in {info.value!r}"
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "exc_type", "message"),
+    [
+        # The stdlib's words where it has them (ProcessPoolExecutor), ...
+        pytest.param(
+            dict(max_workers=0), ValueError, "max_workers must be greater than 0", id="mw=0"
+        ),
+        pytest.param(
+            dict(max_workers=-3), ValueError, "max_workers must be greater than 0", id="mw<0"
+        ),
+        pytest.param(
+            dict(max_tasks_per_child=0),
+            ValueError,
+            "max_tasks_per_child must be >= 1",
+            id="mtpc=0",
+        ),
+        pytest.param(
+            dict(max_tasks_per_child=1.5),
+            TypeError,
+            "max_tasks_per_child must be an integer",
+            id="mtpc=float",
+        ),
+        pytest.param(
+            dict(initializer=3), TypeError, "initializer must be a callable", id="initializer=3"
+        ),
+        # ... and deadpool's own, naming the parameter and the value, elsewhere.
+        pytest.param(
+            dict(max_workers="2"), TypeError, "max_workers must be an int, not str", id="mw=str"
+        ),
+        pytest.param(
+            dict(max_workers=2**40),
+            ValueError,
+            f"max_workers must be <= 32768, got {2**40}",
+            id="mw-huge",
+        ),
+        pytest.param(
+            dict(finalizer=3),
+            TypeError,
+            "finalizer must be callable or None, not int",
+            id="finalizer=3",
+        ),
+    ],
+)
+def test_constructor_error_messages(kwargs, exc_type, message):
+    with pytest.raises(exc_type) as info:
+        deadpool.Deadpool(**kwargs)
+    assert str(info.value) == message
+
+
 def test_min_workers_equal_to_max_workers_is_fine():
     with pool(max_workers=2, min_workers=2) as exe:
         assert exe.submit(tasks.square, 2).result(timeout=30) == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures.process
 import multiprocessing
 import os
 import pickle
@@ -111,6 +112,7 @@ def test_exception_keeps_type_args_and_remote_traceback_as_cause():
         assert exc.args == ("bad value", 42)
         cause = exc.__cause__
         assert cause is not None, "worker traceback not attached as __cause__"
+        assert isinstance(cause, concurrent.futures.process._RemoteTraceback), repr(cause)
         text = str(cause)
         assert "raise_value_error" in text, text
         assert "Traceback" in text or "File " in text, text
@@ -143,10 +145,15 @@ def test_unpicklable_exception_becomes_process_error_with_repr_and_traceback():
 
 
 def test_exception_that_fails_to_unpickle_fails_only_that_future():
+    # As the original deadpool (and the stdlib) do: the future raises what
+    # unpickling raised (here a TypeError from __init__), and the worker's
+    # traceback is still its __cause__.
     with pool(max_workers=1) as exe:
         fut = exe.submit(tasks.raise_ununpicklable)
         exc = fut.exception(timeout=30)
-        assert exc is not None
+        assert type(exc) is TypeError, repr(exc)
+        assert "UnunpicklableError" in str(exc) and "'b'" in str(exc), str(exc)
+        assert "raise_ununpicklable" in str(exc.__cause__)
         _assert_pool_works(exe)
 
 

@@ -134,6 +134,14 @@ CALL_CASES = [
     pytest.param(_map(None, [1]), TypeError, "fn", id="map(None)"),
     pytest.param(_map(ident, [1], chunksize=0), ValueError, "chunksize", id="map-chunksize=0"),
     pytest.param(_map(ident, [1], chunksize=None), TypeError, "chunksize", id="map-chunksize=None"),
+    pytest.param(_map(ident, [1], buffersize=0), ValueError, "buffersize", id="map-buffersize=0"),
+    pytest.param(_map(ident, [1], buffersize=-1), ValueError, "buffersize", id="map-buffersize<0"),
+    pytest.param(
+        _map(ident, [1], buffersize="1"), TypeError, "buffersize", id="map-buffersize=str"
+    ),
+    pytest.param(
+        _map(ident, [1], buffersize=1.0), TypeError, "buffersize", id="map-buffersize=float"
+    ),
     pytest.param(_map(ident, [1], timeout="1"), TypeError, "timeout", id="map-timeout=str"),
     pytest.param(_map(ident, [1], timeout=-1), ValueError, "timeout", id="map-timeout<0"),
     pytest.param(_pid_callback(None), TypeError, "fn", id="add_pid_callback(None)"),

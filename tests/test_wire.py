@@ -182,7 +182,9 @@ def test_every_event_kind_reaches_its_future_as_that_kind():
     dispatcher = _dispatcher.Dispatcher()
     futures = [_future.Future() for _ in EVENT_KINDS]
     dispatcher.futures.update(enumerate(futures))
-    raised = pickle.dumps((ValueError("boom"), "ValueError('boom')", "Traceback: boom\n"))
+    raised = pickle.dumps(
+        (pickle.dumps(ValueError("boom")), "ValueError('boom')", "Traceback: boom\n")
+    )
     lost = "Subprocess 4242 completed unexpectedly with exitcode -9 (Killed)"
     dispatcher(testing.one_notice_of_each_kind(pickle.dumps(42), raised, lost))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Callable
+from concurrent.futures.process import _RemoteTraceback
 from typing import Any
 
 from deadpool._core import (
@@ -15,7 +16,7 @@ from deadpool._core import (
     EVENT_STARTED,
     EVENT_TIMED_OUT,
 )
-from deadpool._exceptions import ProcessError, RemoteTraceback, TimeoutError
+from deadpool._exceptions import ProcessError, TimeoutError
 from deadpool._future import Future
 
 logger = logging.getLogger("deadpool")
@@ -95,13 +96,27 @@ class Dispatcher:
 
 
 def _remote_exception(payload: bytes) -> BaseException:
+    """The exception a task raised, from ``_worker._pickle_exception``'s
+    ``(pickled exception or None, repr, traceback text)``, with the worker's
+    traceback as its ``__cause__``: the stdlib's own ``_RemoteTraceback``,
+    formatted as the stdlib formats it. An exception that unpickles with an
+    error is replaced by that error (the worker's traceback still attached);
+    one the worker could not pickle at all becomes ``ProcessError``."""
     try:
-        exc, description, tb = pickle.loads(payload)
+        exc_bytes, description, tb = pickle.loads(payload)
     except BaseException as error:
-        return ProcessError(f"the task raised an exception that could not be unpickled: {error!r}")
-    if exc is None:
+        return ProcessError(f"the task's exception could not be read: {error!r}")
+    if exc_bytes is None:
         return ProcessError(
             f"the task raised an exception that could not be pickled: {description}\n{tb}"
         )
-    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    try:
+        exc = pickle.loads(exc_bytes)
+    except BaseException as error:
+        exc = error
+    if not isinstance(exc, BaseException):
+        exc = ProcessError(
+            f"the task raised {description}, which unpickled as a {type(exc).__name__}"
+        )
+    exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
     return exc

@@ -24,14 +24,3 @@ class PoolClosed(RuntimeError):
 for _public in (TimeoutError, ProcessError, PoolClosed):
     _public.__module__ = "deadpool"
 del _public
-
-
-class RemoteTraceback(Exception):
-    """Carries a worker's traceback text; set as ``__cause__`` of a task's exception."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb

@@ -109,16 +109,17 @@ def run_task(body: bytes) -> tuple[int, bytes]:
 
 
 def _pickle_exception(exc: BaseException) -> bytes:
-    """``(exception or None, repr, traceback text)``. An exception that pickles
-    but cannot be rebuilt would fail in the parent, so it is checked here."""
+    """``(pickled exception or None, repr, traceback text)``. The exception is
+    pickled on its own, so that the parent can still read its repr and
+    traceback when it cannot be rebuilt there (whether it can is the parent's
+    question: a class may import here and not there)."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     description = _safe_repr(exc)
     try:
-        data = pickle.dumps((exc, description, tb), _PICKLE_PROTOCOL)
-        pickle.loads(data)
-        return data
+        exc_bytes: bytes | None = pickle.dumps(exc, _PICKLE_PROTOCOL)
     except BaseException:
-        return pickle.dumps((None, description, tb), _PICKLE_PROTOCOL)
+        exc_bytes = None
+    return pickle.dumps((exc_bytes, description, tb), _PICKLE_PROTOCOL)
 
 
 def _safe_repr(obj: object) -> str:
@@ -128,18 +129,18 @@ def _safe_repr(obj: object) -> str:
         return f"<{type(obj).__qualname__} with a failing repr>"
 
 
-def run_chunk(fn: Any, chunk: list[tuple[Any, ...]]) -> tuple[list[Any], BaseException | None, str]:
+def run_chunk(fn: Any, chunk: list[tuple[Any, ...]]) -> tuple[list[Any], bytes | None]:
     """``map(..., chunksize=n)``: one task runs n calls, in order. A call that
     raises ends the chunk; the results before it still reach the caller.
-    Returns ``(results, exception or None, traceback text)``."""
+    Returns ``(results, None)``, or ``(results before the failure, the
+    exception as _pickle_exception packs it)``."""
     results = []
     for args in chunk:
         try:
             results.append(fn(*args))
-        except Exception as exc:
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            return results, exc, tb
-    return results, None, ""
+        except BaseException as exc:
+            return results, _pickle_exception(exc)
+    return results, None
 
 
 def _retire(settings: dict[str, Any]) -> None:
