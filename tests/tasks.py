@@ -449,3 +449,11 @@ def ignore_sigterm_then_block(started, release):
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return block_until_released(started, release, "released")
+
+
+class Collectable:
+    """A result that can be weakly referenced."""
+
+
+def make_collectable(_i):
+    return Collectable()

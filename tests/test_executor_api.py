@@ -5,12 +5,14 @@ the argument errors it has words for."""
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import itertools
 import os
 import select
 import signal
 import sys
 import threading
+import weakref
 
 import deadpool
 import pytest
@@ -424,3 +426,14 @@ def test_map_chunksize_below_one_is_the_stdlib_value_error(chunksize):
         with pytest.raises(ValueError) as info:
             stdlib.map(tasks.square, range(3), chunksize=chunksize)
     assert str(info.value) == "chunksize must be >= 1."
+
+
+@pytest.mark.parametrize("options", [{}, {"chunksize": 3}, {"buffersize": 2}])
+def test_map_keeps_no_reference_to_a_result_it_has_yielded(options):
+    # CPython issue 14406: the result iterator must not keep results alive.
+    with pool(max_workers=2) as exe:
+        for result in exe.map(tasks.make_collectable, range(6), **options):
+            ref = weakref.ref(result)
+            del result
+            gc.collect()
+            assert ref() is None

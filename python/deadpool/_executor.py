@@ -397,10 +397,16 @@ def _map_results(
                 else:
                     fs.append(future)
                     del future
+            # Hand each result over without keeping a reference to it here
+            # (the caller may want it collected: CPython issue 14406).
             if not chunked:
-                yield outcome
+                box = [outcome]
+                del outcome
+                yield box.pop()
                 continue
-            yield from results
+            results.reverse()
+            while results:
+                yield results.pop()
             if error is not None:
                 raise _remote_exception(error)
     finally:

@@ -516,8 +516,10 @@ class MethodRun:
                 elif kind == "start":
                     current, is_fixture = event["id"], event.get("fixture", False)
                 elif kind == "end":
-                    if not (event.get("fixture") and event["outcome"] == "pass"):
-                        self.results[event["id"]] = event
+                    # Fixtures that pass are kept too, so that a listed one
+                    # that stops hanging is noticed (report() does not count
+                    # them as tests).
+                    self.results[event["id"]] = event
                     if event["id"] == current:
                         current = None
                     last_id = event["id"]
@@ -712,6 +714,8 @@ def report(run: MethodRun, expected: dict[str, tuple[str, str]], section: str) -
     for test_id, result in run.results.items():
         if test_id in bad:
             counts["unexpected"] += 1
+        elif result.get("fixture") and result["outcome"] == "pass":
+            continue
         elif result["outcome"] in NOT_PASSING:
             counts["expected"] += 1
         else:
@@ -766,7 +770,7 @@ def report(run: MethodRun, expected: dict[str, tuple[str, str]], section: str) -
         + ", ".join(f"{t.rsplit('.', 1)[-1]} {r.get('duration', 0.0):.1f}s" for t, r in slowest)
     )
     run.summary = (
-        f"[{section}] {len(run.results)} tests: {counts['pass']} passed, "
+        f"[{section}] {sum(counts.values())} tests: {counts['pass']} passed, "
         f"{counts['expected']} failed as expected, {counts['skip']} skipped, "
         f"{counts['unexpected']} unexpected"
         + (f", {len(run.problems)} problems" if run.problems else "")
