@@ -116,3 +116,22 @@ def test_a_lock_from_a_fork_context_is_refused_by_spawned_workers_as_by_the_stdl
         deadpool.Deadpool(
             max_workers=1, mp_context="spawn", initializer=tasks.keep_initargs, initargs=(lock,)
         )
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_workers_grown_from_min_workers_get_the_initargs_too(method):
+    ctx = multiprocessing.get_context(method)
+    objects = shared_objects(ctx)
+    with pool(
+        max_workers=2,
+        min_workers=0,
+        mp_context=ctx,
+        initializer=tasks.keep_initargs,
+        initargs=objects,
+    ) as exe:
+        # Nothing runs until tasks arrive; then workers start on demand.
+        pids = {exe.submit(tasks.use_inherited, i).result(timeout=DEADLINE) for i in range(4)}
+    seen = drain(objects[0], 4)
+    assert sorted(item for item, _ in seen) == [0, 1, 2, 3]
+    assert {pid for _, pid in seen} == pids
+    assert objects[5].value == 4
