@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -224,3 +226,27 @@ def stats_settle(exe, timeout: float = 15.0, **expected) -> dict:
 
     wait_until(check, timeout=timeout, message=lambda: f"expected {expected}, last stats {last}")
     return last
+
+
+def returns_in_forked_child(body: Callable[[], Any], timeout: float = 30.0) -> bool:
+    """Run `body` in a child made by os.fork(); True if it returned there within
+    `timeout` (the child is killed otherwise). For what a forked child may and
+    may not do with its parent's pools."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            body()
+            os.write(w, b"returned")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], timeout)
+        answer = os.read(r, 64) if ready else b""
+    finally:
+        os.close(r)
+        if not ready:
+            os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    return answer == b"returned"

@@ -45,6 +45,18 @@ def drain(queue, count):
     return [queue.get(timeout=DEADLINE) for _ in range(count)]
 
 
+def pool_given(ctx, objects, **options):
+    """A pool whose initializer keeps `objects` for the tasks (tasks.use_inherited)."""
+    return pool(mp_context=ctx, initializer=tasks.keep_initargs, initargs=objects, **options)
+
+
+def assert_every_task_reported(queue, count, pids):
+    """Each of `count` tasks put (its number, its worker's pid) on the queue."""
+    seen = drain(queue, count)
+    assert sorted(item for item, _ in seen) == list(range(count))
+    assert {pid for _, pid in seen} == pids
+
+
 @pytest.mark.parametrize("method", START_METHODS)
 def test_multiprocessing_objects_in_initargs_reach_every_worker(method):
     """The stdlib's way: objects shared "through inheritance" go in initargs.
@@ -53,22 +65,14 @@ def test_multiprocessing_objects_in_initargs_reach_every_worker(method):
     ctx = multiprocessing.get_context(method)
     objects = shared_objects(ctx)
     queue, _lock, event, _sem, _cond, value, array = objects
-    with pool(
-        max_workers=2,
-        max_tasks_per_child=2,
-        mp_context=ctx,
-        initializer=tasks.keep_initargs,
-        initargs=objects,
-    ) as exe:
+    with pool_given(ctx, objects, max_workers=2, max_tasks_per_child=2) as exe:
         pids = {exe.submit(tasks.use_inherited, i).result(timeout=DEADLINE) for i in range(6)}
         lost = exe.submit(tasks.kill_self, 9)
         assert isinstance(lost.exception(timeout=DEADLINE), deadpool.ProcessError)
         exe.clear_workers()
         pids.add(exe.submit(tasks.use_inherited, 6).result(timeout=DEADLINE))
     assert len(pids) >= 3, "replacement workers were used"
-    seen = drain(queue, 7)
-    assert sorted(item for item, _ in seen) == list(range(7))
-    assert {pid for _, pid in seen} == pids
+    assert_every_task_reported(queue, 7, pids)
     assert event.is_set()
     assert value.value == 7
     assert array[0] == 7
@@ -93,13 +97,8 @@ def test_a_queue_handler_initializer_sends_worker_logs_to_the_parent(method):
 def test_multiprocessing_objects_in_finalargs_reach_the_finalizer(method):
     ctx = multiprocessing.get_context(method)
     queue = ctx.Queue()
-    with pool(
-        max_workers=1,
-        max_tasks_per_child=1,
-        mp_context=ctx,
-        finalizer=tasks.put_pid_on,
-        finalargs=(queue, "retired"),
-    ) as exe:
+    report_retirement = {"finalizer": tasks.put_pid_on, "finalargs": (queue, "retired")}
+    with pool(max_workers=1, max_tasks_per_child=1, mp_context=ctx, **report_retirement) as exe:
         first = exe.submit(tasks.get_pid).result(timeout=DEADLINE)
         second = exe.submit(tasks.get_pid).result(timeout=DEADLINE)
     # Every worker retires gracefully: after its task, or at shutdown.
@@ -122,16 +121,8 @@ def test_a_lock_from_a_fork_context_is_refused_by_spawned_workers_as_by_the_stdl
 def test_workers_grown_from_min_workers_get_the_initargs_too(method):
     ctx = multiprocessing.get_context(method)
     objects = shared_objects(ctx)
-    with pool(
-        max_workers=2,
-        min_workers=0,
-        mp_context=ctx,
-        initializer=tasks.keep_initargs,
-        initargs=objects,
-    ) as exe:
+    with pool_given(ctx, objects, max_workers=2, min_workers=0) as exe:
         # Nothing runs until tasks arrive; then workers start on demand.
         pids = {exe.submit(tasks.use_inherited, i).result(timeout=DEADLINE) for i in range(4)}
-    seen = drain(objects[0], 4)
-    assert sorted(item for item, _ in seen) == [0, 1, 2, 3]
-    assert {pid for _, pid in seen} == pids
+    assert_every_task_reported(objects[0], 4, pids)
     assert objects[5].value == 4

@@ -7,9 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import itertools
-import os
-import select
-import signal
 import sys
 import threading
 import weakref
@@ -18,7 +15,15 @@ import deadpool
 import pytest
 
 from tests import tasks
-from tests.helpers import Gate, is_alive, pool, read_lines, stats_settle, wait_until
+from tests.helpers import (
+    Gate,
+    is_alive,
+    pool,
+    read_lines,
+    returns_in_forked_child,
+    stats_settle,
+    wait_until,
+)
 
 # ---------------------------------------------------------------- map(buffersize=)
 
@@ -351,25 +356,7 @@ def test_a_forked_child_does_not_signal_the_parents_workers(tmp_path):
         try:
             running = gate.submit(exe, "running")
             gate.wait_started(running)
-            r, w = os.pipe()
-            child = os.fork()
-            if child == 0:
-                try:
-                    exe.terminate_workers()
-                    exe.kill_workers()
-                    os.write(w, b"returned")
-                finally:
-                    os._exit(0)
-            os.close(w)
-            try:
-                ready, _, _ = select.select([r], [], [], 30)
-                answer = os.read(r, 64) if ready else b"hung"
-            finally:
-                os.close(r)
-                if not ready:
-                    os.kill(child, signal.SIGKILL)
-                os.waitpid(child, 0)
-            assert answer == b"returned"
+            assert returns_in_forked_child(lambda: (exe.terminate_workers(), exe.kill_workers()))
             assert not running.done()
             gate.open()
             assert running.result(timeout=30) == "running"

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import select
-import signal
 import threading
 
 import deadpool
 import pytest
 
 from tests import tasks
-from tests.helpers import Gate, is_alive, pool, wait_until
+from tests.helpers import Gate, is_alive, pool, returns_in_forked_child, wait_until
 
 
 class _Shutdown(threading.Thread):
@@ -231,24 +228,9 @@ def test_ctrl_c_in_a_with_block_of_a_forked_child_leaves_the_parents_pool_alone(
     with pool(max_workers=1) as exe:
         running = gate.submit(exe, "running")
         gate.wait_started(running)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                exe.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
-                os.write(w, b"returned")
-            finally:
-                os._exit(0)
-        os.close(w)
-        try:
-            ready, _, _ = select.select([r], [], [], 30)
-            answer = os.read(r, 64) if ready else b"hung"
-        finally:
-            os.close(r)
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        assert answer == b"returned"
+        assert returns_in_forked_child(
+            lambda: exe.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+        )
         assert not running.done()
         gate.open()
         assert running.result(timeout=30) == "running"
