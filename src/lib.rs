@@ -23,8 +23,6 @@ mod _core {
 
     #[pymodule_export]
     use crate::bindings::pool::Pool;
-    #[pymodule_export]
-    use crate::bindings::result_buffer::ResultBuffer;
 
     #[pymodule_export]
     use crate::bindings::child::{

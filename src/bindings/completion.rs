@@ -4,7 +4,6 @@
 //! `(kind, task_id, pid, payload)` tuples (kinds: wire/dispatch.rs).
 
 use super::pool::Finished;
-use super::result_buffer::ResultBuffer;
 use crate::os::thread;
 use crate::parent::buffers::BufferPool;
 use crate::parent::messages::{fold_starts, Command, Event, Notice, Outcome};
@@ -17,8 +16,6 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
 
-/// Results at least this large reach Python in their frame buffer, uncopied.
-const LEND_RESULTS_FROM: usize = 64 << 10;
 /// The most events handed to Python in one call.
 const MAX_BATCH: usize = 4096;
 
@@ -190,17 +187,18 @@ fn outcome_payload<'py>(
     outcome: Outcome,
     buffers: &Arc<BufferPool>,
 ) -> PyResult<(EventKind, Option<Bound<'py, PyAny>>)> {
-    // A large result is lent to Python in its recycled buffer; a small one is
-    // cheaper to copy into bytes than to wrap in a buffer object.
-    let frame = |bytes: Vec<u8>| -> PyResult<Bound<'py, PyAny>> {
-        if bytes.len() < LEND_RESULTS_FROM {
-            return Ok(PyBytes::new(py, &bytes).into_any());
-        }
-        Ok(Bound::new(py, ResultBuffer::new(bytes, Arc::clone(buffers)))?.into_any())
+    // One copy into bytes, made while the GIL is held anyway; the frame's
+    // buffer goes straight back to the pool for the next large frame. (Lending
+    // the buffer itself needs the buffer protocol, which the limited API of the
+    // one abi3 wheel for every Python from 3.10 lacks.)
+    let frame = |bytes: Vec<u8>| -> Bound<'py, PyAny> {
+        let object = PyBytes::new(py, &bytes).into_any();
+        buffers.give(bytes);
+        object
     };
     Ok(match outcome {
-        Outcome::Returned(bytes) => (EventKind::Returned, Some(frame(bytes)?)),
-        Outcome::Raised(bytes) => (EventKind::Raised, Some(frame(bytes)?)),
+        Outcome::Returned(bytes) => (EventKind::Returned, Some(frame(bytes))),
+        Outcome::Raised(bytes) => (EventKind::Raised, Some(frame(bytes))),
         Outcome::TimedOut => (EventKind::TimedOut, None),
         Outcome::Cancelled => (EventKind::Cancelled, None),
         Outcome::Lost(message) => (

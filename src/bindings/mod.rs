@@ -3,7 +3,6 @@
 //!
 //! - `pool.rs`: `Pool`, driven by `deadpool.Deadpool` on the caller's threads.
 //! - `completion.rs`: the completion thread, where outcomes meet Python.
-//! - `result_buffer.rs`: large results lent to `pickle.loads` uncopied.
 //! - `child.rs`: what zygote and worker processes call.
 //! - `process.rs`: process-wide calls of the user's process.
 //! - `wire.rs`: the wire constants, exported to Python.
@@ -13,6 +12,5 @@ pub mod child;
 pub mod completion;
 pub mod pool;
 pub mod process;
-pub mod result_buffer;
 pub mod testing;
 pub mod wire;
