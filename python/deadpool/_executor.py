@@ -20,7 +20,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from deadpool import _arguments as arguments
 from deadpool import _core, _settings, _worker, _zygote
@@ -31,6 +31,7 @@ from deadpool._future import Future
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 # Read by submit(), the hot path, as a plain global.
 _MAX_PRIORITY = arguments.MAX_PRIORITY
+_T = TypeVar("_T")
 
 
 class Deadpool(concurrent.futures.Executor):
@@ -142,13 +143,13 @@ class Deadpool(concurrent.futures.Executor):
 
     def submit(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., _T],
         /,
         *args: Any,
         deadpool_timeout: float | None = None,
         deadpool_priority: int = 0,
         **kwargs: Any,
-    ) -> Future:
+    ) -> Future[_T]:
         """Run ``fn(*args, **kwargs)`` in a worker. Blocks while ``max_backlog``
         tasks wait (except on a thread running an asyncio event loop)."""
         if not callable(fn):
@@ -167,11 +168,11 @@ class Deadpool(concurrent.futures.Executor):
         priority: int,
         timeout: float | None,
         respect_bound: bool,
-    ) -> Future:
+    ) -> Future[Any]:
         """``submit`` with checked arguments; ``respect_bound=False`` admits the
         task past ``max_backlog`` instead of blocking."""
         self._check_usable()
-        future = Future()
+        future: Future[Any] = Future()
         task_id = next(self._ids)
         future._task_id = task_id
         future._core = self._core
@@ -196,12 +197,12 @@ class Deadpool(concurrent.futures.Executor):
 
     def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., _T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
-    ) -> Iterator[Any]:
+    ) -> Iterator[_T]:
         """Like ``Executor.map`` of Python 3.14, on every Python: results in
         input order; ``timeout`` bounds the whole iteration; with ``chunksize >
         1`` each task runs a chunk of calls; with ``buffersize``, at most that
@@ -223,19 +224,20 @@ class Deadpool(concurrent.futures.Executor):
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
+        task: Callable[..., Any] = fn
         if chunksize > 1:
             calls = zip(_chunks(calls, chunksize), strict=False)
-            fn = partial(_worker.run_chunk, fn)
-        fs: collections.deque[Future] = collections.deque()
+            task = partial(_worker.run_chunk, fn)
+        fs: collections.deque[Future[Any]] = collections.deque()
         try:
             if buffersize is None:
                 # As before 3.14: every task is submitted now, within max_backlog.
                 for args in calls:
-                    fs.append(self.submit(fn, *args))
+                    fs.append(self.submit(task, *args))
                 pending = None
             else:
                 self._check_usable()
-                pending = _Refill(self, fn, calls)
+                pending = _Refill(self, task, calls)
                 while len(fs) < buffersize and (future := pending.next_future()) is not None:
                     fs.append(future)
         except BaseException:
@@ -294,7 +296,7 @@ class Deadpool(concurrent.futures.Executor):
             if future is not None:
                 future._force_cancelled()
 
-    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             # Interrupted inside the block: kill the work instead of waiting for
             # it, then wait for the workers to go.
@@ -354,7 +356,7 @@ class _Refill:
         self._fn = fn
         self._calls: Iterator[Any] | None = calls
 
-    def next_future(self) -> Future | None:
+    def next_future(self) -> Future[Any] | None:
         """The next task's future, or None once the input (or the pool) is gone.
         The buffer is the bound, so the task is admitted past ``max_backlog``:
         waiting for room there could wait for results nobody has yet been
@@ -373,13 +375,13 @@ class _Refill:
             return exe._enqueue(self._fn, args, {}, 0, None, False)
         except Exception as exc:
             self._calls = None
-            failed = Future()
+            failed: Future[Any] = Future()
             failed.set_exception(exc)
             return failed
 
 
 def _map_results(
-    fs: collections.deque[Future], refill: _Refill | None, end_time: float | None, chunked: bool
+    fs: collections.deque[Future[Any]], refill: _Refill | None, end_time: float | None, chunked: bool
 ) -> Iterator[Any]:
     """``map()``'s results, in order. Leaving early cancels (and so kills) what
     has not been yielded."""
@@ -416,7 +418,7 @@ def _map_results(
             future.cancel()
 
 
-def _result_or_cancel(future: Future, end_time: float | None) -> Any:
+def _result_or_cancel(future: Future[Any], end_time: float | None) -> Any:
     try:
         try:
             return future.result(None if end_time is None else end_time - time.monotonic())

@@ -19,11 +19,13 @@ from concurrent.futures._base import (
     PENDING,
     RUNNING,
 )
-from typing import Any
+from typing import Any, TypeVar
 
 from deadpool._core import CANCEL_NOT_FOUND
 
 logger = logging.getLogger("deadpool")
+
+_T = TypeVar("_T")
 
 
 class _Condition(threading.Condition):
@@ -52,7 +54,7 @@ class _Condition(threading.Condition):
         return self._lock._is_owned()  # type: ignore[attr-defined]
 
 
-class Future(concurrent.futures.Future):
+class Future(concurrent.futures.Future[_T]):
     def __init__(self) -> None:
         # concurrent.futures.Future.__init__'s attributes (the same from 3.10
         # to 3.13; a test compares them), with the leaner condition.
@@ -75,7 +77,7 @@ class Future(concurrent.futures.Future):
         """The pid of the worker process running (or that ran) this task."""
         return self._pid
 
-    def add_pid_callback(self, fn: Callable[[Future], Any]) -> None:
+    def add_pid_callback(self, fn: Callable[[Future[_T]], Any]) -> None:
         """Call ``fn(future)`` once the task starts on a worker (at once if it has)."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
@@ -147,7 +149,7 @@ class Future(concurrent.futures.Future):
         except concurrent.futures.InvalidStateError:
             pass  # cancelled (its worker killed) while the outcome was in flight
 
-    def _run_pid_callback(self, fn: Callable[[Future], Any]) -> None:
+    def _run_pid_callback(self, fn: Callable[[Future[_T]], Any]) -> None:
         try:
             fn(self)
         except BaseException:
