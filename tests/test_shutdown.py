@@ -112,6 +112,26 @@ def test_wait_false_cancel_false_lets_running_finish_and_cancels_pending(tmp_pat
         gate.open()
 
 
+def test_pending_tasks_stay_cancelled_while_shutdown_runs_callbacks(tmp_path):
+    # shutdown() resolves the pending tasks it removed one by one, running
+    # their done callbacks; meanwhile the pool can finish (here: the first
+    # callback waits until it has). Those not yet reached must still end
+    # cancelled, not failed as "stopped before this task finished". On a
+    # free-threaded Python the pool's last moments and the callbacks run in
+    # parallel, so this needs no slow callback to happen.
+    exe = deadpool.Deadpool(max_workers=1, max_backlog=10)
+    gate, running, _pid, pending = _running_and_pending(exe, tmp_path, n_pending=4)
+    pending[0].add_done_callback(lambda _: exe.shutdown(wait=True))
+    try:
+        exe.shutdown(wait=False, cancel_futures=True)
+        assert running.cancelled(), f"running task ended as {running!r}"
+        assert all(f.cancelled() for f in pending), [
+            f.exception() for f in pending if not f.cancelled()
+        ]
+    finally:
+        gate.open()
+
+
 def test_exit_uses_shutdown_wait_false_and_cancel_futures_true(tmp_path):
     gate = Gate(tmp_path)
     try:

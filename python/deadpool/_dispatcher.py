@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 from collections.abc import Callable
 from concurrent.futures.process import _RemoteTraceback
 from typing import Any
@@ -30,6 +31,11 @@ class Dispatcher:
     def __init__(self) -> None:
         self.futures: dict[int, Future] = {}
         self.note_failed: Callable[[], None] = lambda: None
+        # Held by shutdown from the moment it tells the core to stop until it
+        # has taken the futures of the pending tasks it removed, so that
+        # abandon(), which runs once the core has stopped, cannot take them
+        # first. (Reentrant: shutdown may be called from a signal handler.)
+        self.removing = threading.RLock()
 
     def __call__(self, events: list[tuple[int, int, int | None, Any]]) -> None:
         futures = self.futures
@@ -55,8 +61,10 @@ class Dispatcher:
     def abandon(self) -> None:
         """The core has stopped for good: nothing left here will ever be resolved
         by it (normally nothing is left), so fail it rather than let it hang."""
-        while self.futures:
-            _, future = self.futures.popitem()
+        with self.removing:
+            left = list(self.futures.values())
+            self.futures.clear()
+        for future in left:
             future._resolve(
                 exception=ProcessError(
                     "deadpool stopped before this task finished (internal error)"

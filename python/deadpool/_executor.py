@@ -291,8 +291,13 @@ class Deadpool(concurrent.futures.Executor):
         self._stop(cancel_pending=True, kill_running=False, signum=signum)
 
     def _stop(self, cancel_pending: bool, kill_running: bool, signum: int | None = None) -> None:
-        for task_id in self._core.shutdown(cancel_pending, kill_running, signum):
-            future = self._dispatcher.futures.pop(task_id, None)
+        dispatcher = self._dispatcher
+        # The removed tasks' futures are taken before any is resolved: their
+        # callbacks may take a while, and the pool may finish meanwhile.
+        with dispatcher.removing:
+            removed = self._core.shutdown(cancel_pending, kill_running, signum)
+            futures = [dispatcher.futures.pop(task_id, None) for task_id in removed]
+        for future in futures:
             if future is not None:
                 future._force_cancelled()
 
