@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import os
 import signal
 import threading
+import weakref
 
 import deadpool
 import pytest
@@ -125,6 +127,21 @@ def test_cancel_pending_task_removes_it_and_it_never_runs(tmp_path):
         assert not marker.exists(), "a cancelled pending task ran anyway"
         stats = exe.get_statistics()
         assert stats["tasks_launched"] == 2  # blocker and 'after', not the victim
+
+
+def test_the_pool_keeps_no_reference_to_a_cancelled_pending_future(tmp_path):
+    gate = Gate(tmp_path)
+    with pool(max_workers=1, max_backlog=0) as exe:
+        blocker = gate.submit(exe)
+        gate.wait_started(blocker)
+        victims = [exe.submit(tasks.return_value, i) for i in range(20)]
+        assert all(victim.cancel() for victim in victims)
+        alive = [weakref.ref(victim) for victim in victims]
+        del victims
+        gc.collect()
+        assert [ref for ref in alive if ref() is not None] == []
+        gate.open()
+        assert blocker.result(timeout=30) is None
 
 
 @pytest.mark.parametrize("method", ["cancel", "cancel_and_kill_if_running"])

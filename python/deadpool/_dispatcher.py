@@ -11,6 +11,7 @@ from concurrent.futures.process import _RemoteTraceback
 from typing import Any
 
 from deadpool._core import (
+    CANCEL_REMOVED_PENDING,
     EVENT_CANCELLED,
     EVENT_RAISED,
     EVENT_RETURNED,
@@ -30,12 +31,21 @@ class Dispatcher:
 
     def __init__(self) -> None:
         self.futures: dict[int, Future] = {}
+        self.core: Any = None  # set as soon as the core exists
         self.note_failed: Callable[[], None] = lambda: None
         # Held by shutdown from the moment it tells the core to stop until it
         # has taken the futures of the pending tasks it removed, so that
         # abandon(), which runs once the core has stopped, cannot take them
         # first. (Reentrant: shutdown may be called from a signal handler.)
         self.removing = threading.RLock()
+
+    def cancel(self, task_id: int) -> int:
+        """``Future.cancel``'s way to the core. A task taken out of the backlog
+        gets no event, so its future leaves ``futures`` here."""
+        reply: int = self.core.cancel(task_id)
+        if reply == CANCEL_REMOVED_PENDING:
+            self.futures.pop(task_id, None)
+        return reply
 
     def __call__(self, events: list[tuple[int, int, int | None, Any]]) -> None:
         futures = self.futures

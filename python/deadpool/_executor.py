@@ -96,6 +96,7 @@ class Deadpool(concurrent.futures.Executor):
         self._owner_pid = _this_pid
         self._dispatcher = Dispatcher()
         self._core = self._start_core(start_method, sizes)
+        self._dispatcher.core = self._core
         _live_pools.add(self._core)
         # Dropped without shutdown(): let the work finish, then release the workers.
         weakref.finalize(self, _release, self._core, self._owner_pid)
@@ -175,7 +176,7 @@ class Deadpool(concurrent.futures.Executor):
         future: Future[Any] = Future()
         task_id = next(self._ids)
         future._task_id = task_id
-        future._core = self._core
+        future._pool = self._dispatcher
         try:
             payload = pickle.dumps((fn, args, kwargs), _PICKLE_PROTOCOL)
         except Exception as exc:

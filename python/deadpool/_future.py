@@ -69,8 +69,8 @@ class Future(concurrent.futures.Future[_T]):
         # container allocated per task is more work for the cyclic GC.
         self._pid_callbacks: list[Callable[[Future], Any]] | None = None
         self._task_id: int | None = None
-        # The pool's core (shared, not a bound method per task): cancel(task_id).
-        self._core: Any = None
+        # The pool's dispatcher (shared, not a bound method per task): cancel(task_id).
+        self._pool: Any = None
 
     @property
     def pid(self) -> int | None:
@@ -97,9 +97,9 @@ class Future(concurrent.futures.Future[_T]):
                 return False
             if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
                 return True
-        if self._core is None or self._task_id is None:
+        if self._pool is None or self._task_id is None:
             return super().cancel()
-        if self._core.cancel(self._task_id) == CANCEL_NOT_FOUND:
+        if self._pool.cancel(self._task_id) == CANCEL_NOT_FOUND:
             # Finishing at this moment: its outcome is on the way.
             return self.cancelled()
         return self._force_cancelled()
