@@ -22,7 +22,7 @@ keyboard::
 
     python .ci/debian_sid.py ensure ROOT     # make the tree (or check it)
     python .ci/debian_sid.py shell ROOT      # a shell inside, the repo at /src
-    python .ci/debian_sid.py remove ROOT
+    python .ci/debian_sid.py remove ROOT     # and what a failed ensure left
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def ensure(root: Path, log=print) -> None:
     debootstrap = shutil.which("debootstrap") or _install_debootstrap(log)
     if root.exists() and not stamp.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not a tree this module made; remove it")
-    partial = root.with_name(root.name + ".partial")
+    partial = _partial(root)
     remove(partial)
     remove(root)
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +141,11 @@ def remove(root: Path) -> None:
     shutil.rmtree(root)
 
 
+def _partial(root: Path) -> Path:
+    """Where debootstrap works, so that ``root`` only ever holds a whole tree."""
+    return root.with_name(root.name + ".partial")
+
+
 def _mount_points() -> list[str]:
     with open("/proc/self/mountinfo") as mountinfo:
         return [line.split()[4] for line in mountinfo]
@@ -148,7 +153,11 @@ def _mount_points() -> list[str]:
 
 def _install_debootstrap(log) -> str:
     log("installing debootstrap (apt-get)")
-    subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=True)
+    install = ["apt-get", "install", "-y", "-qq", "debootstrap"]
+    if subprocess.run(install, check=False).returncode != 0:
+        # A fresh image may have no package lists yet.
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(install, check=True)
     found = shutil.which("debootstrap")
     if not found:
         raise RuntimeError("apt-get installed debootstrap, but it is not on PATH")
@@ -179,6 +188,7 @@ def main() -> int:
         return run(root, ["/bin/bash"], source=Path.cwd(), check=False)
     else:
         remove(root)
+        remove(_partial(root))
     return 0
 
 

@@ -94,7 +94,16 @@ def fork_zygote(settings_source: Callable[[], dict[str, Any]]) -> tuple[int, int
     fork. Returns the zygote's pid and the pool's end of its control socket,
     which the caller owns from then on."""
     pool_end, zygote_end = socket.socketpair()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except BaseException:
+        # Possibly after the fork: Python 3.12+ warns about forking a threaded
+        # process once the child exists, and an "error" warnings filter makes
+        # that an exception here. Closing our ends lets such a child see end
+        # of file on its lifeline and exit.
+        pool_end.close()
+        zygote_end.close()
+        raise
     if pid == 0:
         try:
             # Our copy of the pool's end would keep our lifeline from ever
