@@ -18,15 +18,18 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from deadpool import _arguments as arguments
 from deadpool import _core, _map, _settings, _zygote
 from deadpool._dispatcher import Dispatcher
 from deadpool._exceptions import PoolClosed
 from deadpool._future import Future
+
+if TYPE_CHECKING:
+    import asyncio
 
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 # Read by submit(), the hot path, as a plain global.
@@ -88,6 +91,7 @@ class Deadpool(concurrent.futures.Executor):
         }
         self._propagate_environ = propagate_environ
         self._max_workers = sizes["max_workers"]
+        self._max_backlog = sizes["max_backlog"]
         self._shutdown_wait = shutdown_wait
         self._shutdown_cancel_futures = shutdown_cancel_futures
         self.daemon = daemon
@@ -95,6 +99,8 @@ class Deadpool(concurrent.futures.Executor):
         self._closed = False
         self._owner_pid = _this_pid
         self._dispatcher = Dispatcher()
+        # asyncio: per event loop, the submissions waiting there for room (_asyncio.py).
+        self._admissions: dict[Any, Any] = {}
         self._core = self._start_core(start_method, sizes)
         self._dispatcher.core = self._core
         _live_pools.add(self._core)
@@ -310,6 +316,49 @@ class Deadpool(concurrent.futures.Executor):
         wait = True if self._shutdown_wait is None else self._shutdown_wait
         cancel = False if self._shutdown_cancel_futures is None else self._shutdown_cancel_futures
         self.shutdown(wait=wait, cancel_futures=cancel)
+        return False
+
+    # ----- asyncio (in _asyncio.py) ---------------------------------------
+
+    async def asubmit(
+        self,
+        fn: Callable[..., _T],
+        /,
+        *args: Any,
+        deadpool_timeout: float | None = None,
+        deadpool_priority: int = 0,
+        **kwargs: Any,
+    ) -> asyncio.Future[_T]:
+        """``submit`` for coroutines: waits, without blocking the event loop,
+        while ``max_backlog`` tasks wait, then returns an ``asyncio.Future``.
+        Cancelling it cancels the task, killing it if it runs."""
+        from deadpool import _asyncio
+
+        return await _asyncio.submit(self, fn, args, kwargs, deadpool_timeout, deadpool_priority)
+
+    def amap(
+        self,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> AsyncIterator[_T]:
+        """``map`` for coroutines: an async iterator of the results, in input
+        order, with at most ``buffersize`` tasks (default: ``max_workers +
+        max_backlog``) submitted and not yet yielded. Leaving it early cancels
+        what it has not yielded."""
+        from deadpool import _asyncio
+
+        return _asyncio.amap(self, fn, iterables, chunksize, buffersize)
+
+    async def __aenter__(self) -> Deadpool:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
+        """``__exit__``'s shutdown, awaited without blocking the event loop."""
+        from deadpool import _asyncio
+
+        await _asyncio.aexit(self, exc_type)
         return False
 
     # ----- deadpool extras ------------------------------------------------
