@@ -23,6 +23,8 @@ mod _core {
 
     #[pymodule_export]
     use crate::bindings::pool::Pool;
+    #[pymodule_export]
+    use crate::bindings::room_signal::RoomSignal;
 
     #[pymodule_export]
     use crate::bindings::child::{

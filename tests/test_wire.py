@@ -13,6 +13,7 @@ import concurrent.futures
 import errno
 import os
 import pickle
+import select
 import socket
 import stat
 
@@ -29,6 +30,7 @@ FRAME_TAGS = ["CONFIG", "TASK", "RETIRE", "READY", "OK", "ERR"]
 STATUS_KINDS = ["PID", "EXIT"]
 EVENT_KINDS = ["STARTED", "RETURNED", "RAISED", "TIMED_OUT", "CANCELLED", "LOST"]
 CANCEL_REPLIES = ["NOT_FOUND", "REMOVED_PENDING", "KILLED_RUNNING"]
+SUBMIT_REPLIES = ["ACCEPTED", "FULL", "CLOSED"]
 
 
 def exported(prefix: str) -> dict[str, int]:
@@ -46,6 +48,7 @@ def exported(prefix: str) -> dict[str, int]:
         ("STATUS_", STATUS_KINDS),
         ("EVENT_", EVENT_KINDS),
         ("CANCEL_", CANCEL_REPLIES),
+        ("SUBMIT_", SUBMIT_REPLIES),
     ],
 )
 def test_the_core_exports_each_kind_once(prefix, names):
@@ -214,3 +217,49 @@ def test_each_cancel_reply_means_what_it_says(tmp_path):
         concurrent.futures.wait([running], timeout=30)
         assert running.cancelled(), "the kill reached the future through the dispatcher"
         pending._force_cancelled()  # what Future.cancel() does after the core's reply
+
+
+def test_each_submit_reply_means_what_it_says(tmp_path):
+    gate = Gate(tmp_path)
+    with pool(max_workers=1, max_backlog=1) as exe:
+        running = gate.submit(exe)
+        gate.wait_started(running)
+
+        def try_submit(value):
+            future, payload = exe._new_task(tasks.return_value, (value,), {})
+            exe._dispatcher.futures[future._task_id] = future
+            return future, exe._core.try_submit(future._task_id, payload, 0, None)
+
+        accepted, reply = try_submit("in")
+        assert reply == _core.SUBMIT_ACCEPTED
+        refused, reply = try_submit("out")
+        assert reply == _core.SUBMIT_FULL
+        assert exe.get_statistics()["tasks_received"] == 2, "nothing was queued"
+        exe._dispatcher.futures.pop(refused._task_id)
+        gate.open()
+        assert accepted.result(timeout=30) == "in"
+    payload = pickle.dumps((tasks.return_value, (), {}))
+    assert exe._core.try_submit(99, payload, 0, None) == _core.SUBMIT_CLOSED
+
+
+def test_a_room_signal_fires_when_the_backlog_has_room(tmp_path):
+    gate = Gate(tmp_path)
+    signal = _core.RoomSignal()
+    with pool(max_workers=1, max_backlog=1) as exe:
+        running = gate.submit(exe)
+        gate.wait_started(running)
+        pending = exe.submit(tasks.return_value, 1)
+        exe._core.notify_when_room(signal)
+        assert not _readable(signal.fileno(), 0)
+        assert pending.cancel()
+        assert _readable(signal.fileno(), 0), "a task left the full backlog"
+        signal.clear()
+        assert not _readable(signal.fileno(), 0)
+        exe.submit(tasks.return_value, 2)
+        exe._core.notify_when_room(signal)
+        gate.open()
+        assert _readable(signal.fileno(), 30), "the waiting task started"
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    return bool(select.select([fd], [], [], timeout)[0])

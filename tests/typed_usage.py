@@ -9,8 +9,9 @@ when a correct use stops type-checking.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import deadpool
 
@@ -69,3 +70,15 @@ def shut_down(exe: deadpool.Deadpool) -> None:
     exe.kill_workers()
     exe.clear_workers()
     print(deadpool.trim_memory(), deadpool.__version__)
+
+
+async def use_a_pool_from_a_coroutine() -> list[int]:
+    async with deadpool.Deadpool(max_workers=2, max_backlog=2) as exe:
+        future: asyncio.Future[int] = await exe.asubmit(
+            square, 3, deadpool_timeout=1.5, deadpool_priority=2
+        )
+        value: int = await future
+        squares: AsyncIterator[int] = exe.amap(square, range(4), chunksize=2, buffersize=4)
+        wrong: asyncio.Future[str] = await exe.asubmit(square, 2)  # type: ignore[arg-type]
+        print(wrong)
+        return [value, *[s async for s in squares]]

@@ -115,6 +115,17 @@ def check_flags(**flags: Any) -> None:
             raise TypeError(f"{name} must be a bool or None, not {type(flag).__name__}")
 
 
+def map_sizes(chunksize: Any, buffersize: Any) -> tuple[int, int | None]:
+    """``map``'s ``chunksize`` and ``buffersize``, checked as the stdlib checks
+    them, in its order."""
+    chunksize = int_at_least("chunksize", chunksize, 1, too_small="chunksize must be >= 1.")
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+    return chunksize, buffersize
+
+
 def check_timeout(timeout: Any) -> float | None:
     """``deadpool_timeout`` (not None) as seconds; None for infinity."""
     timeout = seconds("deadpool_timeout", timeout)

@@ -9,7 +9,8 @@ __version__: str
 _testing: ModuleType
 
 # The wire (src/wire/): frame tags, status records, the zygote's worker
-# request, the dispatcher's event kinds and the answers of Pool.cancel.
+# request, the dispatcher's event kinds and the answers of Pool.cancel and
+# Pool.try_submit.
 TAG_CONFIG: int
 TAG_TASK: int
 TAG_RETIRE: int
@@ -30,6 +31,9 @@ EVENT_LOST: int
 CANCEL_NOT_FOUND: int
 CANCEL_REMOVED_PENDING: int
 CANCEL_KILLED_RUNNING: int
+SUBMIT_ACCEPTED: int
+SUBMIT_FULL: int
+SUBMIT_CLOSED: int
 
 @final
 class Pool:
@@ -58,6 +62,10 @@ class Pool:
         timeout: float | None,
         respect_bound: bool,
     ) -> bool: ...
+    def try_submit(
+        self, task_id: int, payload: bytes, priority: int, timeout: float | None
+    ) -> int: ...
+    def notify_when_room(self, signal: RoomSignal) -> None: ...
     def cancel(self, task_id: int) -> int: ...
     def shutdown(
         self, cancel_pending: bool, kill_running: bool, signal: int | None = None
@@ -67,6 +75,14 @@ class Pool:
     def note_failed(self) -> None: ...
     def note_rejected(self) -> None: ...
     def statistics(self) -> dict[str, int]: ...
+
+@final
+class RoomSignal:
+    """An eventfd that ``Pool.notify_when_room`` makes readable."""
+
+    def __new__(cls) -> RoomSignal: ...
+    def fileno(self) -> int: ...
+    def clear(self) -> None: ...
 
 def read_frame(fd: int) -> tuple[int, int, bytes] | None: ...
 def write_frame(fd: int, tag: int, task_id: int, body: bytes) -> None: ...

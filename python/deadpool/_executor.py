@@ -18,15 +18,18 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from deadpool import _arguments as arguments
-from deadpool import _core, _settings, _worker, _zygote
-from deadpool._dispatcher import Dispatcher, _remote_exception
+from deadpool import _core, _map, _settings, _zygote
+from deadpool._dispatcher import Dispatcher
 from deadpool._exceptions import PoolClosed
 from deadpool._future import Future
+
+if TYPE_CHECKING:
+    import asyncio
 
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 # Read by submit(), the hot path, as a plain global.
@@ -88,6 +91,7 @@ class Deadpool(concurrent.futures.Executor):
         }
         self._propagate_environ = propagate_environ
         self._max_workers = sizes["max_workers"]
+        self._max_backlog = sizes["max_backlog"]
         self._shutdown_wait = shutdown_wait
         self._shutdown_cancel_futures = shutdown_cancel_futures
         self.daemon = daemon
@@ -95,6 +99,8 @@ class Deadpool(concurrent.futures.Executor):
         self._closed = False
         self._owner_pid = _this_pid
         self._dispatcher = Dispatcher()
+        # asyncio: per event loop, the submissions waiting there for room (_asyncio.py).
+        self._admissions: dict[Any, Any] = {}
         self._core = self._start_core(start_method, sizes)
         self._dispatcher.core = self._core
         _live_pools.add(self._core)
@@ -172,18 +178,10 @@ class Deadpool(concurrent.futures.Executor):
     ) -> Future[Any]:
         """``submit`` with checked arguments; ``respect_bound=False`` admits the
         task past ``max_backlog`` instead of blocking."""
-        self._check_usable()
-        future: Future[Any] = Future()
-        task_id = next(self._ids)
-        future._task_id = task_id
-        future._pool = self._dispatcher
-        try:
-            payload = pickle.dumps((fn, args, kwargs), _PICKLE_PROTOCOL)
-        except Exception as exc:
-            # Like the stdlib: an unpicklable task fails its own future only.
-            self._core.note_rejected()
-            future.set_exception(exc)
+        future, payload = self._new_task(fn, args, kwargs)
+        if payload is None:
             return future
+        task_id = future._task_id
         futures = self._dispatcher.futures
         futures[task_id] = future  # before the core can report on it
         try:
@@ -195,6 +193,24 @@ class Deadpool(concurrent.futures.Executor):
             futures.pop(task_id, None)
             raise PoolClosed("cannot submit: the pool has been shut down")
         return future
+
+    def _new_task(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Future[Any], bytes | None]:
+        """A new task's future and pickle, on a pool that takes tasks. A task
+        that will not pickle has no pickle (None) and a failed future."""
+        self._check_usable()
+        future: Future[Any] = Future()
+        future._task_id = next(self._ids)
+        future._pool = self._dispatcher
+        try:
+            payload = pickle.dumps((fn, args, kwargs), _PICKLE_PROTOCOL)
+        except Exception as exc:
+            # Like the stdlib: an unpicklable task fails its own future only.
+            self._core.note_rejected()
+            future.set_exception(exc)
+            return future, None
+        return future, payload
 
     def map(
         self,
@@ -209,14 +225,7 @@ class Deadpool(concurrent.futures.Executor):
         1`` each task runs a chunk of calls; with ``buffersize``, at most that
         many tasks (chunks) are submitted and not yet yielded, and the input is
         read as results are taken (it may be endless)."""
-        # The stdlib's checks, in its order (chunksize, then buffersize).
-        chunksize = arguments.int_at_least(
-            "chunksize", chunksize, 1, too_small="chunksize must be >= 1."
-        )
-        if buffersize is not None and not isinstance(buffersize, int):
-            raise TypeError("buffersize must be an integer or None")
-        if buffersize is not None and buffersize < 1:
-            raise ValueError("buffersize must be None or > 0")
+        chunksize, buffersize = arguments.map_sizes(chunksize, buffersize)
         end_time = None
         if timeout is not None:
             seconds = arguments.seconds("timeout", timeout)
@@ -224,11 +233,7 @@ class Deadpool(concurrent.futures.Executor):
                 end_time = time.monotonic() + seconds
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
-        calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
-        task: Callable[..., Any] = fn
-        if chunksize > 1:
-            calls = zip(_chunks(calls, chunksize), strict=False)
-            task = partial(_worker.run_chunk, fn)
+        task, calls = _map.calls(fn, iterables, chunksize)
         fs: collections.deque[Future[Any]] = collections.deque()
         try:
             if buffersize is None:
@@ -238,14 +243,14 @@ class Deadpool(concurrent.futures.Executor):
                 pending = None
             else:
                 self._check_usable()
-                pending = _Refill(self, task, calls)
+                pending = _map.Refill(self, task, calls)
                 while len(fs) < buffersize and (future := pending.next_future()) is not None:
                     fs.append(future)
         except BaseException:
             for future in fs:
                 future.cancel()
             raise
-        return _map_results(fs, pending, end_time, chunksize > 1)
+        return _map.results(fs, pending, end_time, chunksize > 1)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the pool. ``wait`` waits for running tasks; pending tasks are
@@ -313,6 +318,49 @@ class Deadpool(concurrent.futures.Executor):
         self.shutdown(wait=wait, cancel_futures=cancel)
         return False
 
+    # ----- asyncio (in _asyncio.py) ---------------------------------------
+
+    async def asubmit(
+        self,
+        fn: Callable[..., _T],
+        /,
+        *args: Any,
+        deadpool_timeout: float | None = None,
+        deadpool_priority: int = 0,
+        **kwargs: Any,
+    ) -> asyncio.Future[_T]:
+        """``submit`` for coroutines: waits, without blocking the event loop,
+        while ``max_backlog`` tasks wait, then returns an ``asyncio.Future``.
+        Cancelling it cancels the task, killing it if it runs."""
+        from deadpool import _asyncio
+
+        return await _asyncio.submit(self, fn, args, kwargs, deadpool_timeout, deadpool_priority)
+
+    def amap(
+        self,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> AsyncIterator[_T]:
+        """``map`` for coroutines: an async iterator of the results, in input
+        order, with at most ``buffersize`` tasks (default: ``max_workers +
+        max_backlog``) submitted and not yet yielded. Leaving it early cancels
+        what it has not yielded."""
+        from deadpool import _asyncio
+
+        return _asyncio.amap(self, fn, iterables, chunksize, buffersize)
+
+    async def __aenter__(self) -> Deadpool:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
+        """``__exit__``'s shutdown, awaited without blocking the event loop."""
+        from deadpool import _asyncio
+
+        await _asyncio.aexit(self, exc_type)
+        return False
+
     # ----- deadpool extras ------------------------------------------------
 
     def get_statistics(self) -> dict[str, int]:
@@ -350,93 +398,6 @@ def _on_event_loop_thread() -> bool:
     """Blocking here would stall every coroutine on this thread's running loop."""
     asyncio = sys.modules.get("asyncio")
     return asyncio is not None and asyncio.events._get_running_loop() is not None
-
-
-class _Refill:
-    """The input of a ``map(..., buffersize=n)`` not yet submitted: one more
-    task each time a result is taken. The pool is held weakly, as the stdlib
-    does, so that an unfinished iterator does not keep it alive."""
-
-    def __init__(self, exe: Deadpool, fn: Callable[..., Any], calls: Iterator[Any]) -> None:
-        self._exe = weakref.ref(exe)
-        self._fn = fn
-        self._calls: Iterator[Any] | None = calls
-
-    def next_future(self) -> Future[Any] | None:
-        """The next task's future, or None once the input (or the pool) is gone.
-        The buffer is the bound, so the task is admitted past ``max_backlog``:
-        waiting for room there could wait for results nobody has yet been
-        given the chance to take. An input that raises, or a pool shut down
-        meanwhile, gives a failed future: the error comes in that input's
-        place, after the results before it."""
-        calls = self._calls
-        exe = self._exe()
-        if calls is None or exe is None:
-            return None
-        try:
-            args = next(calls, None)
-            if args is None:
-                self._calls = None
-                return None
-            return exe._enqueue(self._fn, args, {}, 0, None, False)
-        except Exception as exc:
-            self._calls = None
-            failed: Future[Any] = Future()
-            failed.set_exception(exc)
-            return failed
-
-
-def _map_results(
-    fs: collections.deque[Future[Any]], refill: _Refill | None, end_time: float | None, chunked: bool
-) -> Iterator[Any]:
-    """``map()``'s results, in order. Leaving early cancels (and so kills) what
-    has not been yielded."""
-    try:
-        while fs:
-            outcome = _result_or_cancel(fs.popleft(), end_time)
-            if chunked:
-                results, error = outcome
-            if refill is not None and not (chunked and error is not None):
-                # The oldest task is done: one more may start while the caller
-                # takes this result.
-                future = refill.next_future()
-                if future is None:
-                    refill = None
-                else:
-                    fs.append(future)
-                    del future
-            # Hand each result over without keeping a reference to it here
-            # (the caller may want it collected: CPython issue 14406).
-            if not chunked:
-                box = [outcome]
-                del outcome
-                yield box.pop()
-                continue
-            results.reverse()
-            while results:
-                yield results.pop()
-            if error is not None:
-                raise _remote_exception(error)
-    finally:
-        # Newest first, as the stdlib does: cancelling (killing) the oldest
-        # first would free its worker for the next one meanwhile.
-        for future in reversed(fs):
-            future.cancel()
-
-
-def _result_or_cancel(future: Future[Any], end_time: float | None) -> Any:
-    try:
-        try:
-            return future.result(None if end_time is None else end_time - time.monotonic())
-        finally:
-            future.cancel()  # timed out: kill it (a finished one ignores this)
-    finally:
-        del future  # no cycle through the exception's traceback
-
-
-def _chunks(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
 
 
 # ----- process-wide hooks -------------------------------------------------

@@ -3,6 +3,7 @@
 //!
 //! - `pool.rs`: `Pool`, driven by `deadpool.Deadpool` on the caller's threads.
 //! - `completion.rs`: the completion thread, where outcomes meet Python.
+//! - `room_signal.rs`: the descriptor an event loop polls for backlog room.
 //! - `child.rs`: what zygote and worker processes call.
 //! - `process.rs`: process-wide calls of the user's process.
 //! - `wire.rs`: the wire constants, exported to Python.
@@ -12,5 +13,6 @@ pub mod child;
 pub mod completion;
 pub mod pool;
 pub mod process;
+pub mod room_signal;
 pub mod testing;
 pub mod wire;

@@ -8,6 +8,7 @@
 //! (completion.rs).
 
 use super::completion::{self, Callbacks};
+use super::room_signal::RoomSignal;
 use crate::os::sync::lock;
 use crate::os::thread;
 use crate::parent::backlog::{PushError, Task};
@@ -16,7 +17,7 @@ use crate::parent::messages::{Command, Event};
 use crate::parent::stats::Stats;
 use crate::parent::supervisor::{Settings, Shared, StartMethod, Supervisor};
 use crate::parent::zygote_client::{Zygote, ZygoteLaunch};
-use crate::wire::dispatch::CancelReply;
+use crate::wire::dispatch::{CancelReply, SubmitReply};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nix::sys::signal::Signal;
 use pyo3::exceptions::PyValueError;
@@ -157,21 +158,11 @@ impl Pool {
         timeout: Option<f64>,
         respect_bound: bool,
     ) -> PyResult<bool> {
-        let timeout = timeout
-            .map(Duration::try_from_secs_f64)
-            .transpose()
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let mut task = Task {
-            id: task_id,
-            priority,
-            payload: self.shared.buffers.copy_of(payload),
-            timeout,
-        };
+        let mut task = self.task(task_id, payload, priority, timeout)?;
         loop {
             match self.shared.backlog.push(task, respect_bound) {
                 Ok(()) => {
-                    Stats::add(&self.shared.stats.tasks_received);
-                    self.shared.waker.wake();
+                    self.accepted();
                     return Ok(true);
                 }
                 Err(PushError::Closed) => return Ok(false),
@@ -183,6 +174,39 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// `submit` for a caller that must never block (an asyncio event loop):
+    /// a `SubmitReply` (exported as `SUBMIT_*`). A full backlog queues
+    /// nothing: arm a `RoomSignal` with `notify_when_room`, then try again.
+    #[pyo3(signature = (task_id, payload, priority, timeout))]
+    fn try_submit(
+        &self,
+        task_id: u64,
+        payload: &[u8],
+        priority: u64,
+        timeout: Option<f64>,
+    ) -> PyResult<u8> {
+        let task = self.task(task_id, payload, priority, timeout)?;
+        let reply = match self.shared.backlog.push(task, true) {
+            Ok(()) => {
+                self.accepted();
+                SubmitReply::Accepted
+            }
+            Err(PushError::Full(task)) => {
+                self.shared.buffers.give(task.payload);
+                SubmitReply::Full
+            }
+            Err(PushError::Closed) => SubmitReply::Closed,
+        };
+        Ok(reply as u8)
+    }
+
+    /// Makes `signal` readable once the backlog has room for a `try_submit`
+    /// or the pool has closed: at once if so now, else when a task leaves
+    /// the backlog. Once per call.
+    fn notify_when_room(&self, signal: &Bound<'_, RoomSignal>) {
+        self.shared.backlog.notify_when_room(signal.get().signal());
     }
 
     /// Cancels a task: a `CancelReply` (exported as `CANCEL_*`).
@@ -285,6 +309,31 @@ impl Pool {
 }
 
 impl Pool {
+    fn task(
+        &self,
+        task_id: u64,
+        payload: &[u8],
+        priority: u64,
+        timeout: Option<f64>,
+    ) -> PyResult<Task> {
+        let timeout = timeout
+            .map(Duration::try_from_secs_f64)
+            .transpose()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(Task {
+            id: task_id,
+            priority,
+            payload: self.shared.buffers.copy_of(payload),
+            timeout,
+        })
+    }
+
+    /// A task is in the backlog: count it and tell the supervisor.
+    fn accepted(&self) {
+        Stats::add(&self.shared.stats.tasks_received);
+        self.shared.waker.wake();
+    }
+
     fn join_threads(&self, py: Python<'_>) {
         let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
         py.detach(|| {

@@ -1,7 +1,7 @@
 //! The wire constants on `deadpool._core`, so that Python imports them
 //! rather than copying them (wire/mod.rs lists what each is).
 
-use crate::wire::dispatch::{CancelReply, EventKind};
+use crate::wire::dispatch::{CancelReply, EventKind, SubmitReply};
 use crate::wire::frame::Tag;
 use crate::wire::request::{RELEASE_SPARE, WORKER_REQUEST, WORKER_REQUEST_FDS};
 use crate::wire::status::StatusKind;
@@ -20,6 +20,9 @@ pub fn export(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     for &reply in CancelReply::ALL {
         m.add(format!("CANCEL_{}", reply.python_name()), reply as u8)?;
+    }
+    for &reply in SubmitReply::ALL {
+        m.add(format!("SUBMIT_{}", reply.python_name()), reply as u8)?;
     }
     m.add("WORKER_REQUEST", PyBytes::new(m.py(), &WORKER_REQUEST))?;
     m.add("WORKER_REQUEST_FDS", WORKER_REQUEST_FDS)?;

@@ -3,10 +3,14 @@
 //! Lower priority values run first and equal priorities run in submit order, so
 //! the key is `(priority, id)` with ids handed out in submit order. A `BTreeMap`
 //! (rather than a heap) lets a pending task be cancelled in O(log n).
+//!
+//! A full backlog makes `submit` wait on a condvar; callers that must not
+//! block (an asyncio event loop) arm a `RoomSignal` instead.
 
 use crate::os::sync::lock;
+use crate::parent::room::RoomSignal;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -33,6 +37,8 @@ struct Queue {
     /// Submitters waiting for room. Waking a condvar costs a syscall even with
     /// nobody waiting, and `pop` runs once per task.
     blocked_submitters: usize,
+    /// Signals to fire the next time there is room, each once per arming.
+    room_watchers: Vec<Arc<RoomSignal>>,
 }
 
 pub struct Backlog {
@@ -71,17 +77,39 @@ impl Backlog {
     /// spuriously is harmless.
     pub fn wait_for_space(&self, timeout: Duration) -> bool {
         let mut queue = lock(&self.queue);
-        let has_room = |q: &Queue| q.closed || self.bound == 0 || q.tasks.len() < self.bound;
-        if has_room(&queue) {
+        if self.has_room(&queue) {
             return true;
         }
         queue.blocked_submitters += 1;
         let (mut queue, waited) = self
             .space
-            .wait_timeout_while(queue, timeout, |q| !has_room(q))
+            .wait_timeout_while(queue, timeout, |q| !self.has_room(q))
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         queue.blocked_submitters -= 1;
         !waited.timed_out()
+    }
+
+    /// Whether a `push` that respects the bound would get past it (or find
+    /// the backlog closed): what a waiting submitter waits for.
+    fn has_room(&self, queue: &Queue) -> bool {
+        queue.closed || self.bound == 0 || queue.tasks.len() < self.bound
+    }
+
+    /// Fires `signal` once there is room or the backlog has closed: at once
+    /// if that is so now, else the next time a task leaves and makes room
+    /// (or the backlog closes). Once per call; arming an armed signal again
+    /// changes nothing. The caller clears the signal, re-tries its `push` and
+    /// arms it again if the backlog is full again.
+    pub fn notify_when_room(&self, signal: &Arc<RoomSignal>) {
+        let mut queue = lock(&self.queue);
+        if self.has_room(&queue) {
+            drop(queue);
+            signal.fire();
+            return;
+        }
+        if !queue.room_watchers.iter().any(|w| Arc::ptr_eq(w, signal)) {
+            queue.room_watchers.push(Arc::clone(signal));
+        }
     }
 
     /// The next task to run: lowest priority value, then earliest submitted.
@@ -93,11 +121,21 @@ impl Backlog {
         Some(task)
     }
 
-    fn made_room(&self, queue: MutexGuard<'_, Queue>) {
+    /// A task left. Past-the-bound admissions can leave the backlog full
+    /// still, so room signals fire only if there is room now.
+    fn made_room(&self, mut queue: MutexGuard<'_, Queue>) {
         let someone_waits = queue.blocked_submitters > 0;
+        let watchers = if !queue.room_watchers.is_empty() && self.has_room(&queue) {
+            std::mem::take(&mut queue.room_watchers)
+        } else {
+            Vec::new()
+        };
         drop(queue);
         if someone_waits {
             self.space.notify_one();
+        }
+        for signal in watchers {
+            signal.fire();
         }
     }
 
@@ -110,11 +148,13 @@ impl Backlog {
         task
     }
 
-    /// Refuses new tasks from now on and wakes every blocked submitter.
-    /// With `drain`, also empties the queue and returns the removed task ids.
+    /// Refuses new tasks from now on and wakes every blocked submitter (and
+    /// fires every armed room signal). With `drain`, also empties the queue
+    /// and returns the removed task ids.
     pub fn close(&self, drain: bool) -> Vec<u64> {
         let mut queue = lock(&self.queue);
         queue.closed = true;
+        let watchers = std::mem::take(&mut queue.room_watchers);
         let removed = if drain {
             queue.priority_of.clear();
             std::mem::take(&mut queue.tasks)
@@ -126,6 +166,9 @@ impl Backlog {
         };
         drop(queue);
         self.space.notify_all();
+        for signal in watchers {
+            signal.fire();
+        }
         removed
     }
 
@@ -269,5 +312,95 @@ mod tests {
         );
         assert!(freer.join().expect("join"));
         backlog
+    }
+
+    fn full_backlog_and_armed_signal() -> (Backlog, Arc<RoomSignal>) {
+        let backlog = Backlog::new(2);
+        backlog.push(task(1, 0), true).expect("push");
+        backlog.push(task(2, 0), true).expect("push");
+        let signal = Arc::new(RoomSignal::new().expect("eventfd"));
+        backlog.notify_when_room(&signal);
+        assert!(!signal.is_fired(), "no room yet");
+        (backlog, signal)
+    }
+
+    #[test]
+    fn room_signal_fires_at_once_when_there_is_room() {
+        for backlog in [Backlog::new(2), Backlog::new(0)] {
+            backlog.push(task(1, 0), true).expect("push");
+            let signal = Arc::new(RoomSignal::new().expect("eventfd"));
+            backlog.notify_when_room(&signal);
+            assert!(signal.is_fired());
+            assert!(lock(&backlog.queue).room_watchers.is_empty());
+        }
+    }
+
+    #[test]
+    fn room_signal_fires_when_a_task_starts() {
+        let (backlog, signal) = full_backlog_and_armed_signal();
+        assert_eq!(backlog.pop().map(|t| t.id), Some(1));
+        assert!(signal.is_fired());
+        backlog.push(task(3, 0), true).expect("room now");
+    }
+
+    #[test]
+    fn room_signal_fires_when_a_pending_task_is_cancelled() {
+        let (backlog, signal) = full_backlog_and_armed_signal();
+        assert!(backlog.remove(99).is_none());
+        assert!(!signal.is_fired(), "removing nothing makes no room");
+        assert!(backlog.remove(2).is_some());
+        assert!(signal.is_fired());
+    }
+
+    #[test]
+    fn room_signal_fires_when_the_backlog_closes() {
+        let (backlog, signal) = full_backlog_and_armed_signal();
+        backlog.close(false);
+        assert!(signal.is_fired());
+        let late = Arc::new(RoomSignal::new().expect("eventfd"));
+        backlog.notify_when_room(&late);
+        assert!(late.is_fired(), "a closed backlog has nothing to wait for");
+    }
+
+    #[test]
+    fn room_signal_stays_quiet_while_the_backlog_stays_full() {
+        let (backlog, signal) = full_backlog_and_armed_signal();
+        // Admitted past the bound (a submit on an event loop's thread): the
+        // first task to leave leaves the backlog as full as the bound.
+        backlog.push(task(3, 0), false).expect("admitted");
+        assert!(backlog.pop().is_some());
+        assert!(!signal.is_fired(), "still full");
+        assert!(backlog.pop().is_some());
+        assert!(signal.is_fired(), "room now");
+    }
+
+    #[test]
+    fn room_signal_fires_once_per_arming() {
+        let (backlog, signal) = full_backlog_and_armed_signal();
+        backlog.notify_when_room(&signal);
+        assert_eq!(
+            lock(&backlog.queue).room_watchers.len(),
+            1,
+            "armed twice, kept once"
+        );
+        assert!(backlog.pop().is_some());
+        assert!(signal.is_fired());
+        signal.clear();
+        backlog.push(task(3, 0), true).expect("refill");
+        assert!(backlog.pop().is_some());
+        assert!(!signal.is_fired(), "not armed again");
+        backlog.push(task(4, 0), true).expect("refill");
+        backlog.notify_when_room(&signal);
+        assert!(backlog.remove(4).is_some());
+        assert!(signal.is_fired(), "armed again");
+    }
+
+    #[test]
+    fn every_armed_room_signal_fires() {
+        let (backlog, first) = full_backlog_and_armed_signal();
+        let second = Arc::new(RoomSignal::new().expect("eventfd"));
+        backlog.notify_when_room(&second);
+        assert!(backlog.pop().is_some());
+        assert!(first.is_fired() && second.is_fired());
     }
 }

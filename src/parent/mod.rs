@@ -7,6 +7,7 @@ pub mod buffers;
 pub mod deadline;
 pub mod killer;
 pub mod messages;
+pub mod room;
 pub mod stats;
 pub mod supervisor;
 pub mod waker;

@@ -1,6 +1,6 @@
 //! What the core tells the Python shim: the kinds of the `(kind, task_id, pid,
 //! payload)` tuples the completion thread hands to the dispatcher, and the
-//! answers of `Pool.cancel`.
+//! answers of `Pool.cancel` and `Pool.try_submit`.
 
 wire_codes! {
     /// The first field of a dispatcher tuple. `Started`: the task reached a
@@ -21,4 +21,11 @@ wire_codes! {
     /// the backlog and is removed. `KilledRunning`: it was running and its
     /// worker is killed.
     pub enum CancelReply: u8 { NotFound = 0, RemovedPending = 1, KilledRunning = 2 }
+}
+
+wire_codes! {
+    /// What `Pool.try_submit` did. `Accepted`: the task is in the backlog.
+    /// `Full`: `max_backlog` tasks wait and nothing was queued (arm a room
+    /// signal, then try again). `Closed`: the pool is shut down.
+    pub enum SubmitReply: u8 { Accepted = 0, Full = 1, Closed = 2 }
 }

@@ -1,13 +1,14 @@
 //! The wire: every byte layout and code that crosses a process or language
 //! boundary, defined once. The bindings export each constant to Python
 //! (`deadpool._core.TAG_OK`, `STATUS_PID`, `WORKER_REQUEST`, `EVENT_LOST`,
-//! `CANCEL_KILLED_RUNNING`, ...) and the Python side imports them instead of
-//! keeping copies; tests/test_wire.py sends every kind across.
+//! `CANCEL_KILLED_RUNNING`, `SUBMIT_FULL`, ...) and the Python side imports
+//! them instead of keeping copies; tests/test_wire.py sends every kind across.
 //!
 //! - [`frame`]: pool <-> worker frames on the private task and result pipes.
 //! - [`status`]: zygote -> pool records on a worker's status pipe.
 //! - [`request`]: pool -> zygote messages on the control socket.
-//! - [`dispatch`]: core -> shim event kinds, and the answers of a cancel.
+//! - [`dispatch`]: core -> shim event kinds, and the answers of a cancel and
+//!   of a non-blocking submit.
 
 /// A code on the wire: a `#[repr]` enum with every variant in `ALL` (so the
 /// bindings export each one and decoders reject what is not listed). Python
@@ -61,7 +62,7 @@ pub mod status;
 
 #[cfg(test)]
 mod tests {
-    use super::dispatch::{CancelReply, EventKind};
+    use super::dispatch::{CancelReply, EventKind, SubmitReply};
     use super::frame::Tag;
     use super::status::StatusKind;
     use std::collections::HashSet;
@@ -85,6 +86,7 @@ mod tests {
         assert_distinct(StatusKind::ALL, |c| c as u32, StatusKind::python_name);
         assert_distinct(EventKind::ALL, |c| c as u32, EventKind::python_name);
         assert_distinct(CancelReply::ALL, |c| c as u32, CancelReply::python_name);
+        assert_distinct(SubmitReply::ALL, |c| c as u32, SubmitReply::python_name);
         assert!(Tag::ALL
             .iter()
             .all(|c| Tag::from_value(*c as u8) == Some(*c)));
