@@ -387,7 +387,10 @@ class _Refill:
 
 
 def _map_results(
-    fs: collections.deque[Future[Any]], refill: _Refill | None, end_time: float | None, chunked: bool
+    fs: collections.deque[Future[Any]],
+    refill: _Refill | None,
+    end_time: float | None,
+    chunked: bool,
 ) -> Iterator[Any]:
     """``map()``'s results, in order. Leaving early cancels (and so kills) what
     has not been yielded."""
