@@ -184,6 +184,22 @@ def return_unpicklable():
     return threading.Lock()
 
 
+def return_lambda(value):
+    """A result pickle cannot write: a lambda (cloudpickle ships it)."""
+    return lambda: value
+
+
+def raise_with_callback(message, value):
+    """An exception whose args hold a lambda, which only cloudpickle can write."""
+    raise CustomError(message, lambda: value)
+
+
+def modules_loaded(*names):
+    import sys
+
+    return [name in sys.modules for name in names]
+
+
 def exit_with(code):
     os._exit(code)
 

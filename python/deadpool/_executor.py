@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any, Literal, TypeVar
 
 from deadpool import _arguments as arguments
-from deadpool import _core, _settings, _worker, _zygote
+from deadpool import _core, _pickling, _settings, _worker, _zygote
 from deadpool._dispatcher import Dispatcher, _remote_exception
 from deadpool._exceptions import PoolClosed
 from deadpool._future import Future
@@ -94,6 +94,9 @@ class Deadpool(concurrent.futures.Executor):
         self._ids = itertools.count()
         self._closed = False
         self._owner_pid = _this_pid
+        # Workers cannot import an interactive __main__ (python -c, a
+        # notebook): what a task takes from it must travel by value.
+        self._main_by_value = not _pickling.main_is_importable()
         self._dispatcher = Dispatcher()
         self._core = self._start_core(start_method, sizes)
         self._dispatcher.core = self._core
@@ -179,11 +182,18 @@ class Deadpool(concurrent.futures.Executor):
         future._pool = self._dispatcher
         try:
             payload = pickle.dumps((fn, args, kwargs), _PICKLE_PROTOCOL)
-        except Exception as exc:
-            # Like the stdlib: an unpicklable task fails its own future only.
-            self._core.note_rejected()
-            future.set_exception(exc)
-            return future
+            if self._main_by_value and b"__main__" in payload:
+                payload = _by_value_if_possible((fn, args, kwargs), payload)
+        except Exception:
+            # Pickle refused (a lambda, a closure, a function Dask shipped by
+            # value): cloudpickle writes those by value.
+            try:
+                payload = _pickling.by_value((fn, args, kwargs))
+            except Exception as exc:
+                # Like the stdlib: an unpicklable task fails its own future only.
+                self._core.note_rejected()
+                future.set_exception(exc)
+                return future
         futures = self._dispatcher.futures
         futures[task_id] = future  # before the core can report on it
         try:
@@ -344,6 +354,16 @@ def _preparation_data() -> bytes:
     data = multiprocessing.spawn.get_preparation_data("deadpool-zygote")
     data["authkey"] = bytes(data["authkey"])  # pickles outside a spawning context
     return pickle.dumps(data, _PICKLE_PROTOCOL)
+
+
+def _by_value_if_possible(call: tuple[Any, ...], by_reference: bytes) -> bytes:
+    """A task that names something in an interactive ``__main__``, pickled by
+    value; by reference (the worker may still find it: under "fork", what
+    ``__main__`` held when the pool was made) if cloudpickle cannot."""
+    try:
+        return _pickling.by_value(call)
+    except Exception:
+        return by_reference
 
 
 def _on_event_loop_thread() -> bool:
