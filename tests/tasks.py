@@ -11,6 +11,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -207,6 +208,15 @@ def exit_with(code):
 def kill_self(signum):
     os.kill(os.getpid(), signum)
     time.sleep(BLOCK_LIMIT)
+
+
+def kill_self_first_time(marker):
+    """SIGKILL this worker on the first attempt (leaving `marker`); return
+    the pid on the next."""
+    if not os.path.exists(marker):
+        write_atomic(marker, str(os.getpid()))
+        kill_self(signal.SIGKILL)
+    return os.getpid()
 
 
 def segfault():
