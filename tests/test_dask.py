@@ -425,3 +425,21 @@ def test_options_reach_submit_and_a_released_task_is_rescheduled():
     # Not Dask's calling convention: passed through untouched.
     executor.submit(tasks.square, 3)
     assert pool.calls[-1][:3] == (tasks.square, (3,), {})
+
+
+def test_the_example_runs(tmp_path):
+    example = os.path.join(
+        os.path.dirname(os.path.dirname(__file__)), "examples", "dask_example.py"
+    )
+    done = subprocess.run(
+        [sys.executable, example], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1:] == [
+        "sum of squares: 285",
+        "slow task: killed after 0.5 s (TimeoutError)",
+        lines[3],
+        "flaky task, retries=1: ok on the second attempt",
+    ]
+    assert lines[0].startswith("dask worker ") and "exitcode -9 (Killed)" in lines[3]
