@@ -103,7 +103,13 @@ def run_task(body: bytes) -> tuple[int, bytes]:
     except BaseException as exc:
         return TAG_ERR, _pickle_exception(exc)
     try:
-        return TAG_OK, _dumps(result)
+        try:  # _dumps, inlined: this is the hot path
+            out = pickle.dumps(result, _PICKLE_PROTOCOL)
+        except Exception:
+            from deadpool import _pickling
+
+            out = _pickling.by_value(result)
+        return TAG_OK, out
     except BaseException as exc:
         return TAG_ERR, _pickle_exception(exc)
 
