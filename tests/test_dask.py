@@ -11,8 +11,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import types
 from concurrent.futures import Future as PlainFuture
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -49,6 +51,30 @@ def _cluster_processes(cluster: LocalCluster) -> set[int]:
             pids.add(pid)
             pids.update(helpers.descendants(pid))
     return pids
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leftover_threads():
+    """Leave this process with no more threads than it had. Dask's servers
+    here (the scheduler, the nannies, the client) start a profiler that
+    watches their event loop, and the pool Dask offloads serialisation to
+    keeps its thread; Python 3.15 warns (an error here) at any os.fork() in
+    a process with threads, so the "fork" tests after these would fail. So:
+    no profiler, and a fresh offload pool, threadless until used, in place
+    of the used one."""
+    before = {thread.ident for thread in threading.enumerate()}
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        yield
+    used = distributed.utils._offload_executor
+    distributed.utils._offload_executor = ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="Dask-Offload"
+    )
+    used.shutdown(wait=True)
+
+    def extra():
+        return [t.name for t in threading.enumerate() if t.ident not in before]
+
+    wait_until(lambda: not extra(), message=lambda: f"threads left: {extra()}")
 
 
 @pytest.fixture(scope="module")
