@@ -19,10 +19,10 @@ task, data, delay)`` on its event loop thread. The executor here finds the
 task's annotations in the worker's state by ``task.key`` and passes the
 deadpool options among them to ``Deadpool.submit`` as ``deadpool_timeout``
 and ``deadpool_priority``. The deadpool worker runs ``_run_task_simple``
-itself, which calls the user's function and returns the message the Dask
-worker expects (``_run_in_child``). That calling convention is Dask's own, not a public API: if
-a release changes it, tasks still run in the pool, without per-task options
-and without being killed on cancel.
+itself (``_run_in_child``), which calls the user's function and returns the
+message the Dask worker expects. That calling convention is Dask's own, not
+a public API: if a release changes it, tasks still run in the pool, without
+per-task options and without being killed on cancel.
 """
 
 from __future__ import annotations
