@@ -151,6 +151,80 @@ def describe(pids) -> str:
     return "; ".join(f"{pid} [{(_stat(pid) or ('?', '?'))[1]}] {cmdline(pid)!r}" for pid in pids)
 
 
+# ---------------------------------------------------------------- leak check
+
+LEFTOVER_DEADLINE = 10.0
+MULTIPROCESSING_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _start_time(pid: int) -> int:
+    fields = proc_stat(pid)
+    return 0 if fields is None else int(fields[19])
+
+
+def leftover_processes(
+    before: set[int], exempt: set[int] = frozenset()
+) -> dict[int, tuple[int, str]]:
+    """Descendants of this process not in `before` (nor in `exempt`) that
+    should be gone: pid -> (ppid, state)."""
+    me = os.getpid()
+    found = {}
+    family = descendants(me)
+    # The one allowed survivor, as with the stdlib's forkserver: the
+    # per-process zygote, a direct child of this process whose command line
+    # names it (the oldest, if there are more). Its spare goes with the last
+    # worker; a zombie (reaped by nobody) is a leak.
+    zygotes = sorted(
+        (
+            pid
+            for pid, (ppid, state) in family.items()
+            if ppid == me and state not in ("Z", "X") and "zygote" in cmdline(pid)
+        ),
+        key=_start_time,
+    )
+    allowed = set(zygotes[:1]) | set(exempt)
+    # multiprocessing's own helpers live as long as this process, whoever
+    # started them (a test that makes a forkserver-context Lock starts one).
+    allowed.update(
+        pid
+        for pid, (ppid, _) in family.items()
+        if ppid == me and any(helper in cmdline(pid) for helper in MULTIPROCESSING_HELPERS)
+    )
+    for pid, (ppid, state) in family.items():
+        if pid not in before and pid not in allowed:
+            found[pid] = (ppid, state)
+    return found
+
+
+def assert_no_leftovers(
+    before: set[int],
+    exempt: Callable[[], set[int]] = frozenset,
+    deadline: float = LEFTOVER_DEADLINE,
+) -> None:
+    """Fail unless every new descendant but the zygote (and what `exempt()`
+    names, asked again at each look) is gone within `deadline` seconds; kill
+    what is left (by pid) so that later tests start clean."""
+    end = time.monotonic() + deadline
+    left = leftover_processes(before, exempt())
+    while left and time.monotonic() < end:
+        time.sleep(0.02)
+        left = leftover_processes(before, exempt())
+    if left:
+        report = "\n".join(
+            f"  pid {pid} (ppid {ppid}, state {state}): {cmdline(pid)!r}"
+            for pid, (ppid, state) in sorted(left.items())
+        )
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pytest.fail(
+            f"{len(left)} process(es) still alive {deadline}s after the test:\n{report}",
+            pytrace=False,
+        )
+
+
 # ---------------------------------------------------------------- file gates
 
 

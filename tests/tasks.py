@@ -11,6 +11,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -184,6 +185,22 @@ def return_unpicklable():
     return threading.Lock()
 
 
+def return_lambda(value):
+    """A result pickle cannot write: a lambda (cloudpickle ships it)."""
+    return lambda: value
+
+
+def raise_with_callback(message, value):
+    """An exception whose args hold a lambda, which only cloudpickle can write."""
+    raise CustomError(message, lambda: value)
+
+
+def modules_loaded(*names):
+    import sys
+
+    return [name in sys.modules for name in names]
+
+
 def exit_with(code):
     os._exit(code)
 
@@ -191,6 +208,15 @@ def exit_with(code):
 def kill_self(signum):
     os.kill(os.getpid(), signum)
     time.sleep(BLOCK_LIMIT)
+
+
+def kill_self_first_time(marker):
+    """SIGKILL this worker on the first attempt (leaving `marker`); return
+    the pid on the next."""
+    if not os.path.exists(marker):
+        write_atomic(marker, str(os.getpid()))
+        kill_self(signal.SIGKILL)
+    return os.getpid()
 
 
 def segfault():

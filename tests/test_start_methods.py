@@ -72,6 +72,48 @@ def test_main_module_function_under_each_start_method(tmp_path, method):
     )
 
 
+PRINTING_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    import deadpool
+
+    print("top level")  # not flushed: stdout is a pipe
+
+
+    if __name__ == "__main__":
+        print("before the pool")
+        with deadpool.Deadpool(max_workers=2, mp_context=sys.argv[1]) as exe:
+            print("result", sum(exe.map(abs, range(-3, 3))))
+    """
+)
+# Who runs the top level: the parent, and each fresh interpreter that
+# imports __main__ (forkserver: the zygote; spawn: each worker's own).
+TOP_LEVEL_RUNS = {"forkserver": 2, "spawn": 3, "fork": 1}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_output_not_yet_written_at_fork_is_written_once(tmp_path, method):
+    # A forked zygote or worker inherits the parent's (or its zygote's)
+    # unwritten output, and would write it again as it exits.
+    script = tmp_path / "script.py"
+    script.write_text(PRINTING_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    proc = subprocess.run(
+        [sys.executable, str(script), method],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=str(tmp_path),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout  # counted as text: processes' writes may interleave
+    assert out.count("before the pool") == 1, out
+    assert out.count("result 9") == 1, out
+    assert out.count("top level") == TOP_LEVEL_RUNS[method], out
+
+
 CONTEXTS = [
     pytest.param(multiprocessing.get_context(m), m, id=f"context-object-{m}") for m in METHODS
 ]

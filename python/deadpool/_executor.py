@@ -23,7 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from deadpool import _arguments as arguments
-from deadpool import _core, _map, _settings, _zygote
+from deadpool import _core, _map, _pickling, _settings, _zygote
 from deadpool._dispatcher import Dispatcher
 from deadpool._exceptions import PoolClosed
 from deadpool._future import Future
@@ -98,6 +98,9 @@ class Deadpool(concurrent.futures.Executor):
         self._ids = itertools.count()
         self._closed = False
         self._owner_pid = _this_pid
+        # Workers cannot import an interactive __main__ (python -c, a
+        # notebook): what a task takes from it must travel by value.
+        self._main_by_value = not _pickling.main_is_importable()
         self._dispatcher = Dispatcher()
         # asyncio: per event loop, the submissions waiting there for room (_asyncio.py).
         self._admissions: dict[Any, Any] = {}
@@ -205,11 +208,18 @@ class Deadpool(concurrent.futures.Executor):
         future._pool = self._dispatcher
         try:
             payload = pickle.dumps((fn, args, kwargs), _PICKLE_PROTOCOL)
-        except Exception as exc:
-            # Like the stdlib: an unpicklable task fails its own future only.
-            self._core.note_rejected()
-            future.set_exception(exc)
-            return future, None
+            if self._main_by_value and b"__main__" in payload:
+                payload = _by_value_if_possible((fn, args, kwargs), payload)
+        except Exception:
+            # Pickle refused (a lambda, a closure, a function Dask shipped by
+            # value): cloudpickle writes those by value.
+            try:
+                payload = _pickling.by_value((fn, args, kwargs))
+            except Exception as exc:
+                # Like the stdlib: an unpicklable task fails its own future only.
+                self._core.note_rejected()
+                future.set_exception(exc)
+                return future, None
         return future, payload
 
     def map(
@@ -392,6 +402,16 @@ def _preparation_data() -> bytes:
     data = multiprocessing.spawn.get_preparation_data("deadpool-zygote")
     data["authkey"] = bytes(data["authkey"])  # pickles outside a spawning context
     return pickle.dumps(data, _PICKLE_PROTOCOL)
+
+
+def _by_value_if_possible(call: tuple[Any, ...], by_reference: bytes) -> bytes:
+    """A task that names something in an interactive ``__main__``, pickled by
+    value; by reference (the worker may still find it: under "fork", what
+    ``__main__`` held when the pool was made) if cloudpickle cannot."""
+    try:
+        return _pickling.by_value(call)
+    except Exception:
+        return by_reference
 
 
 def _on_event_loop_thread() -> bool:

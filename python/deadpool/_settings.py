@@ -9,17 +9,19 @@ descriptor they hold (a queue's pipe, a shared array's memory) travels through
 multiprocessing's resource sharer, which hands each registration to one
 process: settings that carry one are pickled afresh for every worker. Under
 "fork" nothing is pickled: the worker's zygote is forked from this process and
-reads the live objects (see ``_zygote.fork_zygote``).
+reads the live objects (see ``_zygote.fork_zygote``). What multiprocessing's
+pickler refuses (a lambda or a nested function as initializer) is pickled
+with cloudpickle, with multiprocessing's reducers still in place.
 """
 
 from __future__ import annotations
 
 import io
 import multiprocessing.context
-import multiprocessing.reduction
 import pickle
 from collections.abc import Mapping
 from multiprocessing import resource_sharer
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -55,18 +57,35 @@ class _Probe(_ToOneWorker):
         return None
 
 
-def _dump(settings: dict[str, Any], popen: _ToOneWorker) -> bytes:
+def _dump_with(
+    pickler: type[pickle.Pickler], settings: dict[str, Any], popen: _ToOneWorker
+) -> bytes:
     buf = io.BytesIO()
     multiprocessing.context.set_spawning_popen(popen)
     try:
-        multiprocessing.reduction.ForkingPickler(buf, _PICKLE_PROTOCOL).dump(settings)
-    except Exception as exc:
-        raise TypeError(
-            f"initializer, finalizer and their arguments must be picklable: {exc}"
-        ) from exc
+        pickler(buf, _PICKLE_PROTOCOL).dump(settings)
     finally:
         multiprocessing.context.set_spawning_popen(None)
     return buf.getvalue()
+
+
+def _dump(settings: dict[str, Any], probe: _Probe) -> tuple[type[pickle.Pickler], bytes]:
+    """The pickler that can write ``settings`` (multiprocessing's; where it
+    refuses, say a nested function as initializer, cloudpickle with
+    multiprocessing's reducers) and what it wrote through ``probe``, which
+    registers no descriptor. Raises TypeError if neither can."""
+    try:
+        return ForkingPickler, _dump_with(ForkingPickler, settings, probe)
+    except Exception:
+        from deadpool import _pickling
+
+        cloud = _pickling.cloud_pickler_class()
+        try:
+            return cloud, _dump_with(cloud, settings, probe)
+        except Exception as exc:
+            raise TypeError(
+                f"initializer, finalizer and their arguments must be picklable: {exc}"
+            ) from exc
 
 
 def for_every_worker(settings: dict[str, Any]) -> bytes | None:
@@ -74,9 +93,12 @@ def for_every_worker(settings: dict[str, Any]) -> bytes | None:
     they carry descriptors (then each worker needs ``for_one_worker``).
     Raises TypeError if they cannot be pickled at all."""
     probe = _Probe()
-    data = _dump(settings, probe)
+    _, data = _dump(settings, probe)
     return data if probe.descriptors == 0 else None
 
 
 def for_one_worker(settings: dict[str, Any]) -> bytes:
-    return _dump(settings, _ToOneWorker())
+    # The probe first, so that an attempt that fails halfway (pickle refusing
+    # a closure) leaves no descriptor registered with the resource sharer.
+    pickler, _ = _dump(settings, _Probe())
+    return _dump_with(pickler, settings, _ToOneWorker())

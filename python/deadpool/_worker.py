@@ -103,9 +103,28 @@ def run_task(body: bytes) -> tuple[int, bytes]:
     except BaseException as exc:
         return TAG_ERR, _pickle_exception(exc)
     try:
-        return TAG_OK, pickle.dumps(result, _PICKLE_PROTOCOL)
+        try:  # _dumps, inlined: this is the hot path
+            out = pickle.dumps(result, _PICKLE_PROTOCOL)
+        except Exception:
+            from deadpool import _pickling
+
+            out = _pickling.by_value(result)
+        return TAG_OK, out
     except BaseException as exc:
         return TAG_ERR, _pickle_exception(exc)
+
+
+def _dumps(obj: object) -> bytes:
+    """``obj`` pickled; by value (cloudpickle) what pickle cannot write by
+    reference, such as a lambda, or an instance of a class the task received
+    by value. If both fail, cloudpickle's error is raised (pickle's is its
+    context)."""
+    try:
+        return pickle.dumps(obj, _PICKLE_PROTOCOL)
+    except Exception:
+        from deadpool import _pickling
+
+        return _pickling.by_value(obj)
 
 
 def _pickle_exception(exc: BaseException) -> bytes:
@@ -116,9 +135,9 @@ def _pickle_exception(exc: BaseException) -> bytes:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     description = _safe_repr(exc)
     try:
-        exc_bytes: bytes | None = pickle.dumps(exc, _PICKLE_PROTOCOL)
+        exc_bytes: bytes | None = _dumps(exc)
     except BaseException:
-        exc_bytes = None
+        exc_bytes = None  # the parent raises ProcessError with the repr and traceback
     return pickle.dumps((exc_bytes, description, tb), _PICKLE_PROTOCOL)
 
 

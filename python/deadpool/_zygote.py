@@ -73,6 +73,9 @@ def zygote_main(control_fd: int, single: bool, forked_from_parent: bool = False)
         if preparation is None:
             os._exit(0)  # the pool went away before we started
         _prepare(preparation)
+        # What importing __main__ printed goes out now, not again from each
+        # forked worker as it exits (seen on Python 3.14).
+        _flush_stdio()
     try:
         _Zygote(control, single).serve()
     finally:
@@ -94,6 +97,10 @@ def fork_zygote(settings_source: Callable[[], dict[str, Any]]) -> tuple[int, int
     fork. Returns the zygote's pid and the pool's end of its control socket,
     which the caller owns from then on."""
     pool_end, zygote_end = socket.socketpair()
+    # As multiprocessing does before it forks: what this process printed and
+    # has not yet written out would otherwise be written again by the zygote
+    # and each worker as they exit (seen on Python 3.14).
+    _flush_stdio()
     try:
         pid = os.fork()
     except BaseException:
