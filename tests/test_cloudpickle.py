@@ -3,6 +3,7 @@ results, exceptions and worker settings. Plain pickle stays on the hot path."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import subprocess
@@ -44,6 +45,16 @@ def test_lambda_runs_and_its_neighbours_are_unaffected():
         assert fut.result(timeout=30) == 42
         assert before.result(timeout=30) == 4
         assert after.result(timeout=30) == 9
+
+
+def test_asubmit_and_amap_ship_lambdas_too():
+    async def main(exe):
+        future = await exe.asubmit(lambda x: x + 1, 41)
+        got = await asyncio.wait_for(future, 60)
+        return got, [square async for square in exe.amap(lambda x: x * x, range(3))]
+
+    with pool(max_workers=1) as exe:
+        assert asyncio.run(asyncio.wait_for(main(exe), 120)) == (42, [0, 1, 4])
 
 
 def test_closure_runs_with_what_it_captured():
