@@ -14,7 +14,7 @@ use std::io::Read;
 /// `(pid, ppid)` of every live (not exited) process whose pid is above `above`.
 /// Reading each process's status is what costs; listing `/proc` is cheap, so
 /// a scan for new pids only is fast.
-fn live_processes(above: i32) -> Vec<(i32, i32)> {
+pub(super) fn live_processes(above: i32) -> Vec<(i32, i32)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -73,7 +73,7 @@ fn parse_state_and_parent(stat: &[u8]) -> Option<(u8, i32)> {
 
 /// Adds to `members` every process of `processes` whose parent is a member
 /// (repeatedly, so grandchildren found in the same scan count too).
-fn absorb(members: &mut HashSet<i32>, processes: &[(i32, i32)]) {
+pub(super) fn absorb(members: &mut HashSet<i32>, processes: &[(i32, i32)]) {
     loop {
         let before = members.len();
         for &(pid, ppid) in processes {
