@@ -14,7 +14,7 @@ use std::io::Read;
 /// `(pid, ppid)` of every live (not exited) process whose pid is above `above`.
 /// Reading each process's status is what costs; listing `/proc` is cheap, so
 /// a scan for new pids only is fast.
-pub(super) fn live_processes(above: i32) -> Vec<(i32, i32)> {
+fn live_processes(above: i32) -> Vec<(i32, i32)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -44,7 +44,7 @@ pub(super) fn live_processes(above: i32) -> Vec<(i32, i32)> {
 /// fields: a kill scans every process on the machine, and a full parse of
 /// each stat (as a general-purpose reader does) made that scan cost more
 /// CPU than starting the replacement worker.
-fn state_and_parent(pid: i32) -> Option<(u8, i32)> {
+pub(super) fn state_and_parent(pid: i32) -> Option<(u8, i32)> {
     let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
     let mut buffer = [0u8; 1024];
     let mut filled = 0;

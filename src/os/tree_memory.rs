@@ -4,15 +4,18 @@
 //! This kernel has no `/proc/<pid>/task/<tid>/children`, so finding a tree
 //! means reading every process's parent, which costs about a millisecond.
 //! A watch therefore keeps the tree it knows, reads only the `statm` of its
-//! members on each look, and finds new members by reading only processes
-//! above the highest pid it has seen (pids grow, so a new child is there; a
-//! full scan every [`FULL_SCAN_EVERY`] looks catches pids that wrapped
-//! around). Workers are subreapers, so orphans stay in the tree.
+//! members on each look, and finds new members by listing `/proc` (cheap)
+//! and reading the parent of only the pids it has not seen before. (Not
+//! "the pids above the highest seen": with the default `pid_max` of 32768,
+//! pids wrap around within minutes on a busy host, and a new child then
+//! gets a pid below long-lived processes.) A full scan every
+//! [`FULL_SCAN_EVERY`] looks catches a pid reused since it was seen.
+//! Workers are subreapers, so orphans stay in the tree.
 //!
 //! RSS is summed per process: pages a forked child shares with its parent
 //! count once per process, which overstates a fork's use but never hides it.
 
-use super::process_tree::{absorb, live_processes};
+use super::process_tree::{absorb, state_and_parent};
 use std::collections::HashSet;
 use std::io::Read;
 
@@ -22,7 +25,8 @@ const FULL_SCAN_EVERY: u32 = 16;
 pub struct TreeWatch {
     root: i32,
     members: HashSet<i32>,
-    highest_seen: i32,
+    /// Every pid listed in `/proc` at the last look.
+    seen: HashSet<i32>,
     looks: u32,
 }
 
@@ -41,7 +45,7 @@ impl TreeWatch {
         TreeWatch {
             root,
             members: HashSet::from([root]),
-            highest_seen: highest_pid().max(root),
+            seen: listed_pids().collect(),
             looks: 1,
         }
     }
@@ -50,11 +54,16 @@ impl TreeWatch {
     pub fn look(&mut self) -> Option<TreeMemory> {
         let full = self.looks % FULL_SCAN_EVERY == 0;
         self.looks = self.looks.wrapping_add(1);
-        let processes = live_processes(if full { 0 } else { self.highest_seen });
-        self.highest_seen = processes
+        let listed: HashSet<i32> = listed_pids().collect();
+        let processes: Vec<(i32, i32)> = listed
             .iter()
-            .map(|(pid, _)| *pid)
-            .fold(self.highest_seen, i32::max);
+            .filter(|pid| full || !self.seen.contains(pid))
+            .filter_map(|&pid| match state_and_parent(pid) {
+                Some((state, ppid)) if state != b'Z' && state != b'X' => Some((pid, ppid)),
+                _ => None,
+            })
+            .collect();
+        self.seen = listed;
         absorb(&mut self.members, &processes);
         let mut rss = 0;
         let mut members = Vec::with_capacity(self.members.len());
@@ -72,21 +81,20 @@ impl TreeWatch {
     }
 }
 
-/// The highest pid listed in `/proc` (0 if none can be read).
-fn highest_pid() -> i32 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    entries
+/// The pids listed in `/proc` (none if it cannot be read).
+fn listed_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .max()
-        .unwrap_or(0)
 }
 
 /// Resident bytes of one process from `/proc/<pid>/statm` (its second field,
-/// in pages), read into the stack; `None` once it is gone (or a zombie,
-/// whose memory is already freed and whose statm reads as zeros).
+/// in pages), read into the stack; `None` once it is gone. A process in the
+/// middle of `execve` (or a zombie) has no memory map and reads as zero: it
+/// must stay a member, or the child a task just started would be lost from
+/// the tree until the next full scan.
 pub fn resident_bytes(pid: i32) -> Option<u64> {
     let mut file = std::fs::File::open(format!("/proc/{pid}/statm")).ok()?;
     let mut buffer = [0u8; 128];
@@ -99,16 +107,15 @@ pub fn resident_bytes(pid: i32) -> Option<u64> {
             Err(_) => return None,
         }
     }
-    let pages = parse_resident_pages(&buffer[..filled])?;
+    // An empty read is a process without a memory map: zero bytes.
+    let pages = parse_resident_pages(&buffer[..filled]).unwrap_or(0);
     Some(pages * page_size())
 }
 
 fn parse_resident_pages(statm: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(statm).ok()?;
-    let mut fields = text.split_ascii_whitespace();
-    let size: u64 = fields.next()?.parse().ok()?;
-    let resident = fields.next()?.parse().ok()?;
-    (size > 0).then_some(resident)
+    let mut fields = text.split_ascii_whitespace().skip(1);
+    fields.next()?.parse().ok()
 }
 
 fn page_size() -> u64 {
@@ -124,9 +131,9 @@ mod tests {
     use std::time::{Duration, Instant};
 
     #[test]
-    fn statm_parses_the_resident_field_and_rejects_zombies() {
+    fn statm_parses_the_resident_field() {
         assert_eq!(parse_resident_pages(b"1000 250 40 1 0 300 0\n"), Some(250));
-        assert_eq!(parse_resident_pages(b"0 0 0 0 0 0 0\n"), None);
+        assert_eq!(parse_resident_pages(b"0 0 0 0 0 0 0\n"), Some(0));
         assert_eq!(parse_resident_pages(b"garbage"), None);
     }
 
