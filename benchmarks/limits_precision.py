@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import deadpool  # noqa: E402
+import deadpool
 
-from tests import limit_tasks  # noqa: E402
+from tests import limit_tasks
 
 MiB = 1 << 20
 
