@@ -186,3 +186,109 @@ def test_pool_survives_a_burst_of_bad_calls():
             with pytest.raises((TypeError, ValueError)):
                 bad()
         assert list(exe.map(tasks.square, range(5))) == [0, 1, 4, 9, 16]
+
+
+# ---------------------------------------------------------------- limits
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc_type", "message"),
+    [
+        pytest.param(
+            dict(deadpool_memory_limit=-1),
+            ValueError,
+            "deadpool_memory_limit must be >= 1, got -1",
+            id="memory<0",
+        ),
+        pytest.param(
+            dict(deadpool_memory_limit=0),
+            ValueError,
+            "deadpool_memory_limit must be >= 1, got 0",
+            id="memory=0",
+        ),
+        pytest.param(
+            dict(deadpool_memory_limit=1.5e7),
+            TypeError,
+            "deadpool_memory_limit must be an int, not float",
+            id="memory=float",
+        ),
+        pytest.param(
+            dict(deadpool_memory_limit=True),
+            TypeError,
+            "deadpool_memory_limit must be an int, not bool",
+            id="memory=bool",
+        ),
+        pytest.param(
+            dict(deadpool_memory_limit=2**64),
+            ValueError,
+            f"deadpool_memory_limit must be <= {2**63 - 1}, got {2**64}",
+            id="memory-huge",
+        ),
+        pytest.param(
+            dict(deadpool_soft_timeout=2, deadpool_timeout=1),
+            ValueError,
+            "deadpool_soft_timeout (2 s) must not exceed deadpool_timeout (1.0 s)",
+            id="soft>hard",
+        ),
+        pytest.param(
+            dict(deadpool_soft_timeout=-0.5),
+            ValueError,
+            "deadpool_soft_timeout must be >= 0, got -0.5",
+            id="soft<0",
+        ),
+        pytest.param(
+            dict(deadpool_soft_timeout="1"),
+            TypeError,
+            "deadpool_soft_timeout must be a number of seconds or None, not str",
+            id="soft=str",
+        ),
+        pytest.param(
+            dict(deadpool_soft_timeout=float("nan")),
+            ValueError,
+            "deadpool_soft_timeout must be >= 0, got nan",
+            id="soft=nan",
+        ),
+    ],
+)
+def test_bad_limits_name_the_parameter_and_leave_the_pool_working(kwargs, exc_type, message):
+    with pool(max_workers=1) as exe:
+        with pytest.raises(exc_type) as info:
+            exe.submit(tasks.square, 1, **kwargs)
+        assert str(info.value) == message
+        assert exe.submit(tasks.square, 3).result(timeout=30) == 9
+        assert exe.get_statistics()["tasks_received"] == 1
+
+
+def test_bad_limits_in_asubmit_are_the_same_errors():
+    import asyncio
+
+    async def main():
+        async with deadpool.Deadpool(max_workers=1) as exe:
+            with pytest.raises(ValueError, match="deadpool_memory_limit must be >= 1"):
+                await exe.asubmit(tasks.square, 1, deadpool_memory_limit=-1)
+            with pytest.raises(ValueError, match="must not exceed deadpool_timeout"):
+                await exe.asubmit(tasks.square, 1, deadpool_soft_timeout=5, deadpool_timeout=1)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("value", "exc_type", "message"),
+    [
+        (-1, ValueError, "task_memory_limit_bytes must be >= 1, got -1"),
+        ("1G", TypeError, "task_memory_limit_bytes must be an int, not str"),
+        (1.0, TypeError, "task_memory_limit_bytes must be an int, not float"),
+    ],
+)
+def test_bad_pool_memory_limit(value, exc_type, message):
+    with pytest.raises(exc_type) as info:
+        deadpool.Deadpool(task_memory_limit_bytes=value)
+    assert str(info.value) == message
+
+
+def test_a_soft_timeout_equal_to_the_hard_one_or_alone_is_fine():
+    with pool(max_workers=1) as exe:
+        both = exe.submit(tasks.square, 2, deadpool_soft_timeout=30, deadpool_timeout=30)
+        alone = exe.submit(tasks.square, 3, deadpool_soft_timeout=30)
+        forever = exe.submit(tasks.square, 4, deadpool_soft_timeout=float("inf"))
+        assert [f.result(timeout=30) for f in (both, alone, forever)] == [4, 9, 16]

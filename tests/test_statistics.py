@@ -1,4 +1,4 @@
-"""get_statistics(): exactly the original's 8 keys, exact figures."""
+"""get_statistics(): the original's 8 keys, exact figures, then ours."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import signal
 import deadpool
 import pytest
 
-from tests import tasks
+from tests import limit_tasks, tasks
 from tests.helpers import Gate, pool, stats_settle
 
-KEYS = {
+ORIGINAL_KEYS = [
     "tasks_received",
     "tasks_launched",
     "tasks_failed",
@@ -20,13 +20,15 @@ KEYS = {
     "worker_processes_still_alive",
     "worker_processes_idle",
     "worker_processes_busy",
-}
+]
+NEW_KEYS = ["tasks_timed_out", "tasks_over_memory_limit", "worker_processes_killed_by_signal"]
+NEW_ZEROS = dict.fromkeys(NEW_KEYS, 0)
 
 
-def test_exactly_the_eight_keys():
+def test_the_original_eight_keys_come_first_then_ours():
     with pool(max_workers=1) as exe:
         stats = exe.get_statistics()
-        assert set(stats) == KEYS
+        assert list(stats) == ORIGINAL_KEYS + NEW_KEYS
         assert all(isinstance(v, int) for v in stats.values()), stats
 
 
@@ -42,6 +44,7 @@ def test_fresh_pool_statistics():
             "worker_processes_still_alive": 2,
             "worker_processes_idle": 2,
             "worker_processes_busy": 0,
+            **NEW_ZEROS,
         }
 
 
@@ -80,6 +83,7 @@ def test_original_readme_statistics_example():
         "worker_processes_still_alive": 5,
         "worker_processes_idle": 5,
         "worker_processes_busy": 0,
+        **NEW_ZEROS,
     }
 
 
@@ -121,6 +125,31 @@ def test_exact_counts_across_successes_failures_timeouts_and_deaths():
         assert stats["tasks_failed"] == 6  # 4 exceptions + 1 timeout + 1 death, once each
         assert stats["worker_processes_created"] == 4  # 2 + a replacement per kill/death
         assert stats["worker_processes_idle"] == 2
+        assert stats["tasks_timed_out"] == 1
+        assert stats["tasks_over_memory_limit"] == 0
+        assert stats["worker_processes_killed_by_signal"] == 0, "the timeout's kill is ours"
+
+
+def test_timeouts_memory_limits_and_signals_each_count_once():
+    with pool(max_workers=2, max_backlog=20) as exe:
+        limit = 32 * limit_tasks.MiB
+        futs = [
+            exe.submit(tasks.sleep_then_return, 300, deadpool_timeout=0.2),
+            exe.submit(limit_tasks.grow_python, 10 * limit, deadpool_memory_limit=limit),
+            exe.submit(limit_tasks.impossible_allocation, deadpool_memory_limit=limit),
+            exe.submit(tasks.kill_self, signal.SIGKILL),
+            exe.submit(tasks.kill_self, signal.SIGSEGV),
+            exe.submit(tasks.exit_with, 3),
+            exe.submit(limit_tasks.allocate, limit // 2, deadpool_memory_limit=limit),
+        ]
+        for f in futs:
+            f.exception(timeout=60)
+        stats = stats_settle(exe, worker_processes_still_alive=2, worker_processes_busy=0)
+        assert stats["tasks_timed_out"] == 1
+        assert stats["tasks_over_memory_limit"] == 2, "killed, and MemoryError inside"
+        assert stats["worker_processes_killed_by_signal"] == 2, "SIGKILL and SIGSEGV from inside"
+        assert stats["tasks_failed"] == 6
+        assert futs[-1].result(timeout=0)[1] == limit // 2
 
 
 def test_cancelled_pending_task_is_received_but_not_launched(tmp_path):

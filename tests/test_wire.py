@@ -26,9 +26,9 @@ from tests.helpers import Gate, pool
 
 testing = _core._testing
 
-FRAME_TAGS = ["CONFIG", "TASK", "RETIRE", "READY", "OK", "ERR"]
-STATUS_KINDS = ["PID", "EXIT"]
-EVENT_KINDS = ["STARTED", "RETURNED", "RAISED", "TIMED_OUT", "CANCELLED", "LOST"]
+FRAME_TAGS = ["CONFIG", "TASK", "RETIRE", "READY", "OK", "ERR", "ERR_MEMORY"]
+STATUS_KINDS = ["PID", "EXIT", "MAX_RSS"]
+EVENT_KINDS = ["STARTED", "RETURNED", "RAISED", "TIMED_OUT", "CANCELLED", "LOST", "OVER_MEMORY"]
 CANCEL_REPLIES = ["NOT_FOUND", "REMOVED_PENDING", "KILLED_RUNNING"]
 SUBMIT_REPLIES = ["ACCEPTED", "FULL", "CLOSED"]
 
@@ -119,12 +119,22 @@ def test_io_errors_keep_their_errno_and_subclass(pipe):
     assert raised.value.errno == errno.EPIPE
 
 
-@pytest.mark.parametrize(("name", "value"), [("PID", 4242), ("EXIT", 9 << 8)])
+@pytest.mark.parametrize(("name", "value"), [("PID", 4242), ("EXIT", 9 << 8), ("MAX_RSS", 51200)])
 def test_a_status_record_the_zygote_writes_is_read_by_the_supervisor(pipe, name, value):
     kind = getattr(_core, f"STATUS_{name}")
     _zygote._write_status(pipe["w"], kind, value)
     close_write_end(pipe)
     assert testing.decode_status(read_everything(pipe["r"])) == [(kind, value)]
+
+
+@pytest.mark.parametrize(("kib", "sent"), [(51200, 51200), (2**40, 2**31 - 1), (-1, 0)])
+def test_a_worker_s_end_reaches_the_supervisor_peak_first(pipe, kib, sent):
+    _zygote.report_exit(pipe["w"], 9, kib)
+    close_write_end(pipe)
+    assert testing.decode_status(read_everything(pipe["r"])) == [
+        (_core.STATUS_MAX_RSS, sent),
+        (_core.STATUS_EXIT, 9),
+    ]
 
 
 def test_a_worker_request_reaches_the_zygote_with_three_pipes():
@@ -191,16 +201,22 @@ def test_every_event_kind_reaches_its_future_as_that_kind():
     lost = "Subprocess 4242 completed unexpectedly with exitcode -9 (Killed)"
     dispatcher(testing.one_notice_of_each_kind(pickle.dumps(42), raised, lost))
 
-    started, returned, failed, timed_out, cancelled, lost_future = futures
+    started, returned, failed, timed_out, cancelled, lost_future, over_memory = futures
     assert started.running() and started.pid == 4242
     assert returned.result(timeout=0) == 42
     with pytest.raises(ValueError, match="boom"):
         failed.result(timeout=0)
-    with pytest.raises(deadpool.TimeoutError):
+    with pytest.raises(deadpool.TimeoutError) as late:
         timed_out.result(timeout=0)
+    assert (late.value.reason, late.value.pid, late.value.exitcode) == ("timeout", 4242, -9)
     assert cancelled.cancelled()
-    with pytest.raises(deadpool.ProcessError, match="exitcode -9"):
+    with pytest.raises(deadpool.ProcessError, match="exitcode -9") as gone:
         lost_future.result(timeout=0)
+    assert (gone.value.reason, gone.value.signal, gone.value.max_rss) == ("killed", 9, 50 << 20)
+    with pytest.raises(deadpool.MemoryLimitError) as big:
+        over_memory.result(timeout=0)
+    assert big.value.memory_limit == 32 << 20
+    assert isinstance(big.value.__cause__, ValueError), "what the task raised"
 
 
 def test_each_cancel_reply_means_what_it_says(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import deadpool
@@ -35,6 +36,7 @@ def use_a_pool() -> list[int]:
         initializer=print,
         initargs=("worker ready",),
         propagate_environ={"LANG": "C.UTF-8"},
+        task_memory_limit_bytes=64 << 20,
     ) as exe:
         future: deadpool.Future[int] = exe.submit(
             square, 3, deadpool_timeout=1.5, deadpool_priority=2
@@ -46,7 +48,12 @@ def use_a_pool() -> list[int]:
         finished = [f.result() for f in deadpool.as_completed([future])]
         statistics: dict[str, int] = exe.get_statistics()
         print(statistics["tasks_received"], future.cancel_and_kill_if_running())
+        limited: deadpool.Future[int] = exe.submit(
+            square, 4, deadpool_timeout=2, deadpool_soft_timeout=1.5, deadpool_memory_limit=1 << 25
+        )
+        print(limited)
         exe.submit(square, 1, deadpool_timeout="soon")  # type: ignore[arg-type]
+        exe.submit(square, 1, deadpool_memory_limit="1G")  # type: ignore[arg-type]
         wrong: deadpool.Future[str] = exe.submit(square, 2)  # type: ignore[arg-type]
         print(wrong)
         return [value, *squares, *finished]
@@ -55,10 +62,21 @@ def use_a_pool() -> list[int]:
 def handle_failures(future: deadpool.Future[int]) -> str:
     try:
         future.result()
-    except deadpool.TimeoutError:
-        return "too slow"
+    except deadpool.SoftTimeoutError:
+        return "cleaned up too late"
+    except deadpool.TimeoutError as late:
+        peak: int | None = late.max_rss
+        return f"too slow (worker peak {peak})"
+    except deadpool.MemoryLimitError as big:
+        used: int | None = big.memory_used
+        limit: int | None = big.memory_limit
+        return f"too big: {used} of {limit}"
     except deadpool.ProcessError as exc:
-        return f"worker died: {exc}"
+        pid: int | None = exc.pid
+        code: int | None = exc.exitcode
+        sig: signal.Signals | None = exc.signal
+        reason: str | None = exc.reason
+        return f"worker {pid} died: {exc} ({code}, {sig}, {reason})"
     except deadpool.CancelledError:
         return "cancelled"
     return "fine"
@@ -75,7 +93,12 @@ def shut_down(exe: deadpool.Deadpool) -> None:
 async def use_a_pool_from_a_coroutine() -> list[int]:
     async with deadpool.Deadpool(max_workers=2, max_backlog=2) as exe:
         future: asyncio.Future[int] = await exe.asubmit(
-            square, 3, deadpool_timeout=1.5, deadpool_priority=2
+            square,
+            3,
+            deadpool_timeout=1.5,
+            deadpool_priority=2,
+            deadpool_soft_timeout=1.0,
+            deadpool_memory_limit=1 << 25,
         )
         value: int = await future
         squares: AsyncIterator[int] = exe.amap(square, range(4), chunksize=2, buffersize=4)

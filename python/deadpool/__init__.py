@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from concurrent.futures import as_completed, wait
 
     from deadpool._core import __version__
-    from deadpool._exceptions import CancelledError, PoolClosed, ProcessError, TimeoutError
+    from deadpool._exceptions import (
+        CancelledError,
+        MemoryLimitError,
+        PoolClosed,
+        ProcessError,
+        SoftTimeoutError,
+        TimeoutError,
+    )
     from deadpool._executor import Deadpool
     from deadpool._future import Future
 
@@ -25,8 +32,10 @@ __all__ = [
     "CancelledError",
     "Deadpool",
     "Future",
+    "MemoryLimitError",
     "PoolClosed",
     "ProcessError",
+    "SoftTimeoutError",
     "TimeoutError",
     "__version__",
     "as_completed",
@@ -38,8 +47,10 @@ _HOME = {
     "CancelledError": "deadpool._exceptions",
     "Deadpool": "deadpool._executor",
     "Future": "deadpool._future",
+    "MemoryLimitError": "deadpool._exceptions",
     "PoolClosed": "deadpool._exceptions",
     "ProcessError": "deadpool._exceptions",
+    "SoftTimeoutError": "deadpool._exceptions",
     "TimeoutError": "deadpool._exceptions",
     "__version__": "deadpool._core",
     "as_completed": "concurrent.futures",

@@ -138,6 +138,28 @@ def check_timeout(timeout: Any) -> float | None:
     return timeout
 
 
+def check_soft_timeout(soft_timeout: Any, timeout: float | None) -> float | None:
+    """``deadpool_soft_timeout`` as seconds (None: none), which must not
+    exceed ``deadpool_timeout`` (already checked; None for none)."""
+    if soft_timeout is None:
+        return None
+    soft = seconds("deadpool_soft_timeout", soft_timeout)
+    if math.isinf(soft):
+        soft_or_none = None
+    elif soft > MAX_TIMEOUT:
+        raise ValueError(
+            f"deadpool_soft_timeout must be between 0 and {MAX_TIMEOUT:.3g} s, got {soft_timeout}"
+        )
+    else:
+        soft_or_none = soft
+    if timeout is not None and soft > timeout:
+        raise ValueError(
+            f"deadpool_soft_timeout ({soft_timeout} s) must not exceed "
+            f"deadpool_timeout ({timeout} s)"
+        )
+    return soft_or_none
+
+
 def seconds(name: str, value: Any) -> float:
     """A non-negative number of seconds (infinity allowed), as a float."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):

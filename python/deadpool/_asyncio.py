@@ -48,6 +48,8 @@ async def submit(
     kwargs: dict[str, Any],
     timeout: Any,
     priority: Any,
+    soft_timeout: Any = None,
+    memory_limit: Any = None,
 ) -> asyncio.Future[Any]:
     """``Deadpool.asubmit``: ``submit``'s checks and errors; then the task
     waits on the running loop for room in the backlog, and its outcome comes
@@ -57,10 +59,15 @@ async def submit(
     if timeout is not None:
         timeout = arguments.check_timeout(timeout)
     priority = arguments.check_priority(priority)
+    memory = exe._task_memory_limit
+    if soft_timeout is not None or memory_limit is not None or memory:
+        fn, args, kwargs, memory = exe._guarded(
+            fn, args, kwargs, timeout, soft_timeout, memory_limit
+        )
     loop = asyncio.get_running_loop()
     future, payload = exe._new_task(fn, args, kwargs)
     if payload is not None:  # else it would not pickle: the future says why
-        await _admit(exe, loop, future, payload, priority, timeout)
+        await _admit(exe, loop, future, payload, priority, (timeout, memory))
     return _follow(future, loop)
 
 
@@ -70,7 +77,7 @@ async def _admit(
     future: Future[Any],
     payload: bytes,
     priority: int,
-    timeout: float | None,
+    limits: tuple[float | None, int | None],
 ) -> None:
     """Puts the task in the backlog, first waiting (behind whoever waits
     already on this loop) while it is full. ``PoolClosed`` if the pool shuts
@@ -81,19 +88,20 @@ async def _admit(
     try:
         admission = exe._admissions.get(loop)
         if admission is None:  # nobody waits here: straight in if there is room
-            reply = exe._core.try_submit(task_id, payload, priority, timeout)
+            reply = exe._core.try_submit(task_id, payload, priority, *limits)
             if reply == SUBMIT_ACCEPTED:
                 return
             if reply != SUBMIT_FULL:
                 raise PoolClosed(_CLOSED)
             admission = _Admission(exe, loop)
-        await admission.wait(future, payload, priority, timeout)
+        await admission.wait(future, payload, priority, limits)
     except BaseException:
         futures.pop(task_id, None)
         raise
 
 
-_Waiter = tuple["asyncio.Future[None]", int, bytes, int, "float | None"]
+# (ticket, task id, payload, priority, (timeout, memory limit))
+_Waiter = tuple["asyncio.Future[None]", int, bytes, int, "tuple[float | None, int | None]"]
 
 
 class _Admission:
@@ -111,11 +119,15 @@ class _Admission:
         self._registry[loop] = self
 
     async def wait(
-        self, future: Future[Any], payload: bytes, priority: int, timeout: float | None
+        self,
+        future: Future[Any],
+        payload: bytes,
+        priority: int,
+        limits: tuple[float | None, int | None],
     ) -> None:
         """Returns once the task is in the backlog."""
         ticket: asyncio.Future[None] = self._loop.create_future()
-        waiter = (ticket, future._task_id, payload, priority, timeout)
+        waiter = (ticket, future._task_id, payload, priority, limits)
         self._waiting.append(waiter)
         if len(self._waiting) == 1:
             self._core.notify_when_room(self._signal)
@@ -134,12 +146,12 @@ class _Admission:
         self._signal.clear()
         waiting = self._waiting
         while waiting:
-            ticket, task_id, payload, priority, timeout = waiting[0]
+            ticket, task_id, payload, priority, limits = waiting[0]
             if ticket.done():  # cancelled; its coroutine has yet to hear of it
                 waiting.popleft()
                 continue
             try:
-                reply = self._core.try_submit(task_id, payload, priority, timeout)
+                reply = self._core.try_submit(task_id, payload, priority, *limits)
             except Exception as exc:
                 waiting.popleft()
                 ticket.set_exception(exc)

@@ -17,8 +17,10 @@ TAG_RETIRE: int
 TAG_READY: int
 TAG_OK: int
 TAG_ERR: int
+TAG_ERR_MEMORY: int
 STATUS_PID: int
 STATUS_EXIT: int
+STATUS_MAX_RSS: int
 WORKER_REQUEST: bytes
 WORKER_REQUEST_FDS: int
 RELEASE_SPARE: bytes
@@ -28,6 +30,7 @@ EVENT_RAISED: int
 EVENT_TIMED_OUT: int
 EVENT_CANCELLED: int
 EVENT_LOST: int
+EVENT_OVER_MEMORY: int
 CANCEL_NOT_FOUND: int
 CANCEL_REMOVED_PENDING: int
 CANCEL_KILLED_RUNNING: int
@@ -61,9 +64,15 @@ class Pool:
         priority: int,
         timeout: float | None,
         respect_bound: bool,
+        memory_limit: int | None = None,
     ) -> bool: ...
     def try_submit(
-        self, task_id: int, payload: bytes, priority: int, timeout: float | None
+        self,
+        task_id: int,
+        payload: bytes,
+        priority: int,
+        timeout: float | None,
+        memory_limit: int | None = None,
     ) -> int: ...
     def notify_when_room(self, signal: RoomSignal) -> None: ...
     def cancel(self, task_id: int) -> int: ...

@@ -13,12 +13,12 @@ from typing import Any
 from deadpool._core import (
     CANCEL_REMOVED_PENDING,
     EVENT_CANCELLED,
+    EVENT_OVER_MEMORY,
     EVENT_RAISED,
     EVENT_RETURNED,
     EVENT_STARTED,
-    EVENT_TIMED_OUT,
 )
-from deadpool._exceptions import ProcessError, TimeoutError
+from deadpool._exceptions import MemoryLimitError, ProcessError, TimeoutError
 from deadpool._future import Future
 
 logger = logging.getLogger("deadpool")
@@ -77,7 +77,7 @@ class Dispatcher:
         for future in left:
             future._resolve(
                 exception=ProcessError(
-                    "deadpool stopped before this task finished (internal error)"
+                    "deadpool stopped before this task finished (internal error)", reason="lost"
                 )
             )
 
@@ -86,7 +86,9 @@ class Dispatcher:
             self._settle(future, kind, payload)
         except BaseException as exc:
             if not future.done():
-                error = ProcessError(f"deadpool could not deliver the outcome: {exc!r}")
+                error = ProcessError(
+                    f"deadpool could not deliver the outcome: {exc!r}", reason="lost"
+                )
                 future._resolve(exception=error)
             raise
 
@@ -96,21 +98,43 @@ class Dispatcher:
                 result = pickle.loads(payload)
             except BaseException as exc:
                 self.note_failed()
-                error = ProcessError(f"the task's result could not be unpickled: {exc!r}")
+                error = ProcessError(
+                    f"the task's result could not be unpickled: {exc!r}", reason="lost"
+                )
                 error.__cause__ = exc
                 future._resolve(exception=error)
                 return
             future._resolve(result)
         elif kind == EVENT_RAISED:
             future._resolve(exception=_remote_exception(payload))
-        elif kind == EVENT_TIMED_OUT:
-            future._resolve(
-                exception=TimeoutError(f"the task timed out; worker {future.pid} was killed")
-            )
         elif kind == EVENT_CANCELLED:
             future._force_cancelled()
-        else:  # EVENT_LOST: the payload says how the worker was lost
-            future._resolve(exception=ProcessError(payload))
+        elif kind == EVENT_OVER_MEMORY:
+            raised, limit = payload
+            cause = _remote_exception(raised)
+            error = MemoryLimitError(
+                "the task raised MemoryError under its memory limit of "
+                f"{limit / 2**20:.1f} MiB; worker {future.pid} was replaced",
+                memory_limit=limit,
+                pid=future.pid,
+            )
+            error.__cause__ = cause
+            future._resolve(exception=error)
+        else:  # EVENT_TIMED_OUT, EVENT_LOST: the payload says how the worker ended
+            future._resolve(exception=_worker_end(payload))
+
+
+def _worker_end(payload: tuple[Any, ...]) -> BaseException:
+    """The error of a task whose worker ended, from the core's ``(message,
+    reason, pid, exitcode, max_rss, memory_used, memory_limit)``."""
+    message, reason, pid, exitcode, max_rss, used, limit = payload
+    signum = -exitcode if exitcode is not None and exitcode < 0 else None
+    end = {"pid": pid, "exitcode": exitcode, "signal": signum, "max_rss": max_rss}
+    if reason == "timeout":
+        return TimeoutError(message, reason=reason, **end)
+    if reason == "memory":
+        return MemoryLimitError(message, memory_limit=limit, memory_used=used, **end)
+    return ProcessError(message, reason=reason, **end)
 
 
 def _remote_exception(payload: bytes) -> BaseException:
@@ -123,10 +147,11 @@ def _remote_exception(payload: bytes) -> BaseException:
     try:
         exc_bytes, description, tb = pickle.loads(payload)
     except BaseException as error:
-        return ProcessError(f"the task's exception could not be read: {error!r}")
+        return ProcessError(f"the task's exception could not be read: {error!r}", reason="lost")
     if exc_bytes is None:
         return ProcessError(
-            f"the task raised an exception that could not be pickled: {description}\n{tb}"
+            f"the task raised an exception that could not be pickled: {description}\n{tb}",
+            reason="lost",
         )
     try:
         exc = pickle.loads(exc_bytes)
@@ -134,7 +159,8 @@ def _remote_exception(payload: bytes) -> BaseException:
         exc = error
     if not isinstance(exc, BaseException):
         exc = ProcessError(
-            f"the task raised {description}, which unpickled as a {type(exc).__name__}"
+            f"the task raised {description}, which unpickled as a {type(exc).__name__}",
+            reason="lost",
         )
     exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
     return exc

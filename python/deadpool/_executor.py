@@ -23,7 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from deadpool import _arguments as arguments
-from deadpool import _core, _map, _pickling, _settings, _zygote
+from deadpool import _core, _map, _pickling, _settings, _worker, _zygote
 from deadpool._dispatcher import Dispatcher
 from deadpool._exceptions import PoolClosed
 from deadpool._future import Future
@@ -58,6 +58,7 @@ class Deadpool(concurrent.futures.Executor):
         daemon: bool = True,
         malloc_trim_rss_memory_threshold_bytes: int | None = None,
         propagate_environ: Mapping[str, str] | None = None,
+        task_memory_limit_bytes: int | None = None,
     ) -> None:
         if _zygote.preparing:
             raise RuntimeError(
@@ -73,6 +74,9 @@ class Deadpool(concurrent.futures.Executor):
             malloc_trim_rss_memory_threshold_bytes,
         )
         sizes["max_backlog"] = arguments.int_at_least("max_backlog", max_backlog, 0)
+        self._task_memory_limit = arguments.optional(
+            arguments.positive_int, "task_memory_limit_bytes", task_memory_limit_bytes
+        )
         start_method = arguments.start_method(mp_context)
         arguments.check_callables(initializer=initializer, finalizer=finalizer)
         initargs = arguments.as_tuple("initargs", initargs)
@@ -158,17 +162,50 @@ class Deadpool(concurrent.futures.Executor):
         *args: Any,
         deadpool_timeout: float | None = None,
         deadpool_priority: int = 0,
+        deadpool_soft_timeout: float | None = None,
+        deadpool_memory_limit: int | None = None,
         **kwargs: Any,
     ) -> Future[_T]:
         """Run ``fn(*args, **kwargs)`` in a worker. Blocks while ``max_backlog``
-        tasks wait (except on a thread running an asyncio event loop)."""
+        tasks wait (except on a thread running an asyncio event loop).
+        ``deadpool_soft_timeout`` raises ``SoftTimeoutError`` in the task;
+        ``deadpool_memory_limit`` (default: the pool's
+        ``task_memory_limit_bytes``) bounds what its processes may grow by."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         timeout = None if deadpool_timeout is None else arguments.check_timeout(deadpool_timeout)
         priority = deadpool_priority
         if type(priority) is not int or not 0 <= priority <= _MAX_PRIORITY:
             priority = arguments.check_priority(priority)
-        return self._enqueue(fn, args, kwargs, priority, timeout, not _on_event_loop_thread())
+        memory = self._task_memory_limit
+        if deadpool_soft_timeout is not None or deadpool_memory_limit is not None or memory:
+            fn, args, kwargs, memory = self._guarded(
+                fn, args, kwargs, timeout, deadpool_soft_timeout, deadpool_memory_limit
+            )
+        respect_bound = not _on_event_loop_thread()
+        return self._enqueue(fn, args, kwargs, priority, timeout, respect_bound, memory)
+
+    def _guarded(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        soft_timeout: Any,
+        memory_limit: Any,
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], int | None]:
+        """A task with a soft timeout or a memory limit runs inside
+        ``_worker.guarded_call`` (plain tasks do not). Returns the call to
+        pickle and the memory limit (the task's, else the pool's)."""
+        soft = arguments.check_soft_timeout(soft_timeout, timeout)
+        memory = (
+            self._task_memory_limit
+            if memory_limit is None
+            else arguments.positive_int("deadpool_memory_limit", memory_limit)
+        )
+        if soft is None and memory is None:
+            return fn, args, kwargs, None
+        return _worker.guarded_call, (fn, args, kwargs, soft, memory is not None), {}, memory
 
     def _enqueue(
         self,
@@ -178,6 +215,7 @@ class Deadpool(concurrent.futures.Executor):
         priority: int,
         timeout: float | None,
         respect_bound: bool,
+        memory_limit: int | None = None,
     ) -> Future[Any]:
         """``submit`` with checked arguments; ``respect_bound=False`` admits the
         task past ``max_backlog`` instead of blocking."""
@@ -188,7 +226,9 @@ class Deadpool(concurrent.futures.Executor):
         futures = self._dispatcher.futures
         futures[task_id] = future  # before the core can report on it
         try:
-            accepted = self._core.submit(task_id, payload, priority, timeout, respect_bound)
+            accepted = self._core.submit(
+                task_id, payload, priority, timeout, respect_bound, memory_limit
+            )
         except BaseException:
             futures.pop(task_id, None)
             raise
@@ -337,6 +377,8 @@ class Deadpool(concurrent.futures.Executor):
         *args: Any,
         deadpool_timeout: float | None = None,
         deadpool_priority: int = 0,
+        deadpool_soft_timeout: float | None = None,
+        deadpool_memory_limit: int | None = None,
         **kwargs: Any,
     ) -> asyncio.Future[_T]:
         """``submit`` for coroutines: waits, without blocking the event loop,
@@ -344,7 +386,16 @@ class Deadpool(concurrent.futures.Executor):
         Cancelling it cancels the task, killing it if it runs."""
         from deadpool import _asyncio
 
-        return await _asyncio.submit(self, fn, args, kwargs, deadpool_timeout, deadpool_priority)
+        return await _asyncio.submit(
+            self,
+            fn,
+            args,
+            kwargs,
+            deadpool_timeout,
+            deadpool_priority,
+            deadpool_soft_timeout,
+            deadpool_memory_limit,
+        )
 
     def amap(
         self,
@@ -374,7 +425,8 @@ class Deadpool(concurrent.futures.Executor):
     # ----- deadpool extras ------------------------------------------------
 
     def get_statistics(self) -> dict[str, int]:
-        """The original deadpool's eight counters."""
+        """The original deadpool's eight counters, then ``tasks_timed_out``,
+        ``tasks_over_memory_limit`` and ``worker_processes_killed_by_signal``."""
         return self._core.statistics()
 
     def clear_workers(self) -> None:

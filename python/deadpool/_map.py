@@ -57,7 +57,10 @@ class Refill:
             if args is None:
                 self._calls = None
                 return None
-            return exe._enqueue(self._fn, args, {}, 0, None, False)
+            fn, kwargs, memory = self._fn, {}, exe._task_memory_limit
+            if memory is not None:  # the pool's limit holds for map's tasks too
+                fn, args, kwargs, memory = exe._guarded(fn, args, kwargs, None, None, None)
+            return exe._enqueue(fn, args, kwargs, 0, None, False, memory)
         except Exception as exc:
             self._calls = None
             failed: Future[Any] = Future()

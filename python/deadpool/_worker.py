@@ -17,7 +17,15 @@ import sys
 import traceback
 
 from deadpool import _core
-from deadpool._core import TAG_CONFIG, TAG_ERR, TAG_OK, TAG_READY, TAG_RETIRE, TAG_TASK
+from deadpool._core import (
+    TAG_CONFIG,
+    TAG_ERR,
+    TAG_ERR_MEMORY,
+    TAG_OK,
+    TAG_READY,
+    TAG_RETIRE,
+    TAG_TASK,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,6 +59,10 @@ def worker_main(task_fd: int, result_fd: int) -> None:
         if tag != TAG_TASK:
             raise RuntimeError(f"unexpected frame tag {tag} from the pool")
         out_tag, out = run_task(body)
+        if _guard.over_memory:
+            # A memory-limited task raised MemoryError: the pool replaces us.
+            _guard.over_memory = False
+            out_tag = TAG_ERR_MEMORY
         del body
         _core.write_frame(result_fd, out_tag, task_id, out)
         del out
@@ -146,6 +158,75 @@ def _safe_repr(obj: object) -> str:
         return repr(obj)
     except BaseException:
         return f"<{type(obj).__qualname__} with a failing repr>"
+
+
+class _Guard:
+    """The state of the task ``guarded_call`` runs (one at a time: tasks run
+    in the main thread)."""
+
+    # Set by a memory-limited task that raised MemoryError; read and reset
+    # by the task loop.
+    over_memory = False
+    # While True, the soft timeout's signal raises in the task.
+    soft_armed = False
+    soft_timeout = 0.0
+    error: Any = None  # deadpool.SoftTimeoutError, once a task needed it
+
+
+_guard = _Guard()
+
+
+def guarded_call(
+    fn: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    soft_timeout: float | None,
+    memory_limited: bool,
+) -> Any:
+    """A task submitted with a soft timeout or a memory limit: the submitter
+    pickles this call in place of ``fn``'s, so plain tasks pay nothing.
+
+    The soft timeout is a one-shot ``ITIMER_REAL`` armed here, in the thread
+    that runs the task, so its signal can only ever interrupt this task: the
+    handler raises only while the timer is armed for it, and a signal that
+    lands as the task ends finds it disarmed. The timer counts from the
+    call, after the arguments were unpickled; the hard deadline, kept by the
+    pool, counts from the dispatch. SIGALRM is the task's only while it runs
+    without a soft timeout.
+    """
+    if soft_timeout is None:
+        try:
+            return fn(*args, **kwargs)
+        except MemoryError:
+            _guard.over_memory = memory_limited
+            raise
+    import signal
+
+    # Imported now, not in the handler: the first import costs milliseconds
+    # that would delay the exception.
+    from deadpool._exceptions import SoftTimeoutError
+
+    _guard.error = SoftTimeoutError
+    previous = signal.signal(signal.SIGALRM, _soft_timeout_fired)
+    _guard.soft_timeout = soft_timeout
+    _guard.soft_armed = True
+    # setitimer(0) would disarm: a zero soft timeout fires at once instead.
+    signal.setitimer(signal.ITIMER_REAL, max(soft_timeout, 1e-6))
+    try:
+        return fn(*args, **kwargs)
+    except MemoryError:
+        _guard.over_memory = memory_limited
+        raise
+    finally:
+        _guard.soft_armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _soft_timeout_fired(signum: int, frame: object) -> None:
+    if _guard.soft_armed:
+        _guard.soft_armed = False
+        raise _guard.error(f"the task reached its soft timeout of {_guard.soft_timeout} s")
 
 
 def run_chunk(fn: Any, chunk: list[tuple[Any, ...]]) -> tuple[list[Any], bytes | None]:

@@ -25,6 +25,7 @@ from deadpool import _core
 from deadpool._core import (
     RELEASE_SPARE,
     STATUS_EXIT,
+    STATUS_MAX_RSS,
     STATUS_PID,
     WORKER_REQUEST,
     WORKER_REQUEST_FDS,
@@ -330,11 +331,11 @@ class _Zygote:
     def reap(self) -> None:
         """Reap every exited child; report the workers' statuses. Orphans that
         were re-parented to us are reaped too, so nothing stays a zombie."""
-        while (pid_status := _reap_one()) is not None:
-            pid, status = pid_status
+        while (reaped := _reap_one()) is not None:
+            pid, status, max_rss_kib = reaped
             status_fd = self.workers.pop(pid, None)
             if status_fd is not None:
-                _write_status(status_fd, STATUS_EXIT, status)
+                report_exit(status_fd, status, max_rss_kib)
                 os.close(status_fd)
                 if status != 0:  # not a clean exit: workers die here
                     self.keeps_spare = True
@@ -371,13 +372,25 @@ class _Zygote:
                 time.sleep(0.001)
 
 
-def _reap_one() -> tuple[int, int] | None:
-    """One exited child's ``(pid, wait status)``, or None if none is waiting."""
+def _reap_one() -> tuple[int, int, int] | None:
+    """One exited child's ``(pid, wait status, peak RSS in KiB)``, or None if
+    none is waiting. ``wait4`` gives the peak at no extra cost."""
     try:
-        pid, status = os.waitpid(-1, os.WNOHANG)
+        pid, status, usage = os.wait4(-1, os.WNOHANG)
     except ChildProcessError:
         return None
-    return None if pid == 0 else (pid, status)
+    return None if pid == 0 else (pid, status, usage.ru_maxrss)
+
+
+# A status record's value is an i32: a peak above 2 TiB reads as 2 TiB.
+_MAX_STATUS_VALUE = 2**31 - 1
+
+
+def report_exit(fd: int, status: int, max_rss_kib: int) -> None:
+    """A worker's end, as the pool reads it (src/wire/status.rs): its peak
+    memory first, so that it is known when the exit is."""
+    _write_status(fd, STATUS_MAX_RSS, min(max(max_rss_kib, 0), _MAX_STATUS_VALUE))
+    _write_status(fd, STATUS_EXIT, status)
 
 
 def receive_request(control: socket.socket) -> tuple[bytes, list[int]] | None:

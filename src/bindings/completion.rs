@@ -6,7 +6,7 @@
 use super::pool::Finished;
 use crate::os::thread;
 use crate::parent::buffers::BufferPool;
-use crate::parent::messages::{fold_starts, Command, Event, Notice, Outcome};
+use crate::parent::messages::{fold_starts, Command, Death, Event, Notice, Outcome};
 use crate::parent::supervisor::Shared;
 use crate::wire::dispatch::EventKind;
 use crossbeam_channel::{Receiver, Sender};
@@ -199,13 +199,31 @@ fn outcome_payload<'py>(
     Ok(match outcome {
         Outcome::Returned(bytes) => (EventKind::Returned, Some(frame(bytes))),
         Outcome::Raised(bytes) => (EventKind::Raised, Some(frame(bytes))),
-        Outcome::TimedOut => (EventKind::TimedOut, None),
+        Outcome::OverMemory(bytes, limit) => {
+            let payload = (frame(bytes), limit).into_pyobject(py)?.into_any();
+            (EventKind::OverMemory, Some(payload))
+        }
+        Outcome::TimedOut(death) => (EventKind::TimedOut, Some(death_payload(py, death)?)),
         Outcome::Cancelled => (EventKind::Cancelled, None),
-        Outcome::Lost(message) => (
-            EventKind::Lost,
-            Some(PyString::new(py, &message).into_any()),
-        ),
+        Outcome::Lost(death) => (EventKind::Lost, Some(death_payload(py, death)?)),
     })
+}
+
+/// `(message, reason, pid, exitcode, max_rss, memory_used, memory_limit)`,
+/// each unknown figure None (a pid of 0 is unknown).
+fn death_payload<'py>(py: Python<'py>, death: Death) -> PyResult<Bound<'py, PyAny>> {
+    let pid = (death.pid > 0).then_some(death.pid);
+    let (used, limit) = death.memory.unzip();
+    let fields = [
+        PyString::new(py, &death.message).into_any(),
+        PyString::new(py, death.reason.name()).into_any(),
+        pid.into_pyobject(py)?.into_any(),
+        death.exitcode.into_pyobject(py)?.into_any(),
+        death.max_rss.into_pyobject(py)?.into_any(),
+        used.into_pyobject(py)?.into_any(),
+        limit.into_pyobject(py)?.into_any(),
+    ];
+    Ok(PyTuple::new(py, fields)?.into_any())
 }
 
 fn call_for_bytes(py: Python<'_>, callable: Option<&Py<PyAny>>) -> Result<Vec<u8>, String> {

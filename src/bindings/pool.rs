@@ -147,8 +147,9 @@ impl Pool {
     /// Queues a pickled task under an id the caller chose (and registered
     /// first, so no event can outrun it). Blocks, GIL released, while the
     /// backlog is full and `respect_bound` is set. Returns False once the
-    /// pool is closed.
-    #[pyo3(signature = (task_id, payload, priority, timeout, respect_bound))]
+    /// pool is closed. `memory_limit`: bytes the task's process tree may add.
+    #[pyo3(signature = (task_id, payload, priority, timeout, respect_bound, memory_limit=None))]
+    #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
         py: Python<'_>,
@@ -157,8 +158,9 @@ impl Pool {
         priority: u64,
         timeout: Option<f64>,
         respect_bound: bool,
+        memory_limit: Option<u64>,
     ) -> PyResult<bool> {
-        let mut task = self.task(task_id, payload, priority, timeout)?;
+        let mut task = self.task(task_id, payload, priority, timeout, memory_limit)?;
         loop {
             match self.shared.backlog.push(task, respect_bound) {
                 Ok(()) => {
@@ -179,15 +181,16 @@ impl Pool {
     /// `submit` for a caller that must never block (an asyncio event loop):
     /// a `SubmitReply` (exported as `SUBMIT_*`). A full backlog queues
     /// nothing: arm a `RoomSignal` with `notify_when_room`, then try again.
-    #[pyo3(signature = (task_id, payload, priority, timeout))]
+    #[pyo3(signature = (task_id, payload, priority, timeout, memory_limit=None))]
     fn try_submit(
         &self,
         task_id: u64,
         payload: &[u8],
         priority: u64,
         timeout: Option<f64>,
+        memory_limit: Option<u64>,
     ) -> PyResult<u8> {
-        let task = self.task(task_id, payload, priority, timeout)?;
+        let task = self.task(task_id, payload, priority, timeout, memory_limit)?;
         let reply = match self.shared.backlog.push(task, true) {
             Ok(()) => {
                 self.accepted();
@@ -315,6 +318,7 @@ impl Pool {
         payload: &[u8],
         priority: u64,
         timeout: Option<f64>,
+        memory_limit: Option<u64>,
     ) -> PyResult<Task> {
         let timeout = timeout
             .map(Duration::try_from_secs_f64)
@@ -325,6 +329,7 @@ impl Pool {
             priority,
             payload: self.shared.buffers.copy_of(payload),
             timeout,
+            memory_limit,
         })
     }
 

@@ -6,7 +6,7 @@
 use super::completion::notice_item;
 use crate::os::process_tree;
 use crate::parent::buffers::BufferPool;
-use crate::parent::messages::{Notice, Outcome};
+use crate::parent::messages::{Death, Notice, Outcome, Reason};
 use crate::parent::zygote_client;
 use crate::wire::frame::{FrameReader, PendingWrite, ReadOutcome, Tag};
 use crate::wire::request;
@@ -99,9 +99,10 @@ pub fn encode_preparation(py: Python<'_>, data: Vec<u8>) -> PyResult<Py<PyBytes>
     Ok(PyBytes::new(py, &wire).unbind())
 }
 
-/// One dispatcher tuple of every kind, for task ids 0 to 5, as the
+/// One dispatcher tuple of every kind, for task ids 0 to 6, as the
 /// completion thread builds them: started on pid 4242, returned `returned`,
-/// raised `raised`, timed out, cancelled, lost with `lost`.
+/// raised `raised`, timed out, cancelled, lost with `lost` (killed by
+/// SIGKILL, peak RSS 50 MiB), and raised `raised` over a 32 MiB limit.
 #[pyfunction]
 pub fn one_notice_of_each_kind<'py>(
     py: Python<'py>,
@@ -115,16 +116,25 @@ pub fn one_notice_of_each_kind<'py>(
         started_on: None,
         outcome,
     };
+    let death = |reason, message: String| Death {
+        reason,
+        pid: 4242,
+        exitcode: Some(-9),
+        max_rss: Some(50 << 20),
+        ..Death::lost(message)
+    };
+    let timed_out = death(Reason::Timeout, "the task timed out".into());
     let notices = vec![
         Notice::Started {
             task_id: 0,
             pid: 4242,
         },
         finished(1, Outcome::Returned(returned)),
-        finished(2, Outcome::Raised(raised)),
-        finished(3, Outcome::TimedOut),
+        finished(2, Outcome::Raised(raised.clone())),
+        finished(3, Outcome::TimedOut(timed_out)),
         finished(4, Outcome::Cancelled),
-        finished(5, Outcome::Lost(lost)),
+        finished(5, Outcome::Lost(death(Reason::Killed, lost))),
+        finished(6, Outcome::OverMemory(raised, 32 << 20)),
     ];
     notices
         .into_iter()

@@ -23,6 +23,18 @@ pub fn describe_death(pid: i32, status: Option<i32>) -> String {
     }
 }
 
+/// The exit code as `multiprocessing` gives it: the code of a process that
+/// exited, minus the signal of one that was killed; `None` for anything else.
+pub fn exitcode(raw: i32) -> Option<i32> {
+    if libc::WIFEXITED(raw) {
+        Some(libc::WEXITSTATUS(raw))
+    } else if libc::WIFSIGNALED(raw) {
+        Some(-libc::WTERMSIG(raw))
+    } else {
+        None
+    }
+}
+
 /// The same words `strsignal` uses, without its thread-safety caveats.
 pub fn signal_name(signal: i32) -> String {
     let name = match signal {
@@ -71,6 +83,14 @@ mod tests {
             describe_death(5, Some(3 << 8)),
             "Subprocess 5 completed unexpectedly with exitcode 3"
         );
+    }
+
+    #[test]
+    fn exit_codes_follow_multiprocessing() {
+        assert_eq!(exitcode(9), Some(-9));
+        assert_eq!(exitcode(3 << 8), Some(3));
+        assert_eq!(exitcode(0), Some(0));
+        assert_eq!(exitcode(0x137f), None, "stopped, not ended");
     }
 
     #[test]

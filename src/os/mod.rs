@@ -8,3 +8,4 @@ pub mod memory;
 pub mod process_tree;
 pub mod sync;
 pub mod thread;
+pub mod tree_memory;

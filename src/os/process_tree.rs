@@ -44,7 +44,7 @@ fn live_processes(above: i32) -> Vec<(i32, i32)> {
 /// fields: a kill scans every process on the machine, and a full parse of
 /// each stat (as a general-purpose reader does) made that scan cost more
 /// CPU than starting the replacement worker.
-fn state_and_parent(pid: i32) -> Option<(u8, i32)> {
+pub(super) fn state_and_parent(pid: i32) -> Option<(u8, i32)> {
     let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
     let mut buffer = [0u8; 1024];
     let mut filled = 0;
@@ -73,7 +73,7 @@ fn parse_state_and_parent(stat: &[u8]) -> Option<(u8, i32)> {
 
 /// Adds to `members` every process of `processes` whose parent is a member
 /// (repeatedly, so grandchildren found in the same scan count too).
-fn absorb(members: &mut HashSet<i32>, processes: &[(i32, i32)]) {
+pub(super) fn absorb(members: &mut HashSet<i32>, processes: &[(i32, i32)]) {
     loop {
         let before = members.len();
         for &(pid, ppid) in processes {

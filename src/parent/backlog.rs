@@ -19,6 +19,9 @@ pub struct Task {
     pub priority: u64,
     pub payload: Vec<u8>,
     pub timeout: Option<Duration>,
+    /// How far the task's process tree may grow, in bytes (see
+    /// os/tree_memory.rs); `None` for no limit.
+    pub memory_limit: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -196,6 +199,7 @@ mod tests {
             priority,
             payload: vec![id as u8],
             timeout: None,
+            memory_limit: None,
         }
     }
 

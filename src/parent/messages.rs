@@ -31,6 +31,67 @@ pub enum Command {
     },
 }
 
+/// Why a worker (and the task it ran) came to an end, as `ProcessError.reason`
+/// says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Its task's deadline passed; we killed it.
+    Timeout,
+    /// Its task went past its memory limit; we killed it.
+    Memory,
+    /// A signal we did not send (the OOM killer, a crash, `kill -9`).
+    Killed,
+    /// It exited by itself.
+    Exited,
+    /// A signal the pool was asked to send (`terminate_workers()`).
+    Cancelled,
+    /// Its end is unknown (its zygote died), it broke the protocol, or none
+    /// could be started.
+    Lost,
+}
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Timeout => "timeout",
+            Reason::Memory => "memory",
+            Reason::Killed => "killed",
+            Reason::Exited => "exited",
+            Reason::Cancelled => "cancelled",
+            Reason::Lost => "lost",
+        }
+    }
+}
+
+/// How a worker ended, for the exception its task gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Death {
+    pub message: String,
+    pub reason: Reason,
+    /// 0 when it never became known.
+    pub pid: i32,
+    /// As `multiprocessing` has it: the exit code, or minus the signal.
+    pub exitcode: Option<i32>,
+    /// Peak resident memory of the worker process, in bytes (from `wait4`).
+    pub max_rss: Option<u64>,
+    /// Reason `Memory`: what the task's tree had grown by, and its limit.
+    pub memory: Option<(u64, u64)>,
+}
+
+impl Death {
+    /// A task lost with no worker's exit to report.
+    pub fn lost(message: String) -> Death {
+        Death {
+            message,
+            reason: Reason::Lost,
+            pid: 0,
+            exitcode: None,
+            max_rss: None,
+            memory: None,
+        }
+    }
+}
+
 /// How a task ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -38,12 +99,33 @@ pub enum Outcome {
     Returned(Vec<u8>),
     /// The pickled `(exception or None, repr, traceback text)`.
     Raised(Vec<u8>),
+    /// A memory-limited task raised `MemoryError` (pickled as `Raised`);
+    /// the limit in bytes. Its worker is replaced.
+    OverMemory(Vec<u8>, u64),
     /// The deadline passed and the worker's tree was killed.
-    TimedOut,
+    TimedOut(Death),
     /// Killed on request (cancel, or shutdown without waiting).
     Cancelled,
-    /// The worker died or broke protocol; the message names pid and exit status.
-    Lost(String),
+    /// The worker died, broke protocol, or was killed for its memory.
+    Lost(Death),
+}
+
+impl Outcome {
+    /// Counted in `tasks_failed` (the original's meaning).
+    pub fn failed(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Raised(_) | Outcome::OverMemory(..) | Outcome::TimedOut(_) | Outcome::Lost(_)
+        )
+    }
+
+    pub fn over_memory(&self) -> bool {
+        match self {
+            Outcome::OverMemory(..) => true,
+            Outcome::Lost(death) => death.reason == Reason::Memory,
+            _ => false,
+        }
+    }
 }
 
 /// Notices for the completion thread, which runs them against Python.
@@ -122,6 +204,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn memory_failures_count_as_failed_and_over_memory() {
+        let killed = Death {
+            reason: Reason::Memory,
+            ..Death::lost("over".into())
+        };
+        assert!(Outcome::Lost(killed).over_memory());
+        assert!(Outcome::OverMemory(Vec::new(), 1).failed());
+        assert!(!Outcome::Lost(Death::lost("gone".into())).over_memory());
+        assert!(!Outcome::Cancelled.failed());
+        assert_eq!(Reason::Cancelled.name(), "cancelled");
+    }
+
+    #[test]
     fn only_starts_whose_outcome_is_in_the_same_batch_are_folded() {
         let batch = vec![
             Event::Started {
@@ -134,7 +229,7 @@ mod tests {
             },
             Event::Finished {
                 task_id: 1,
-                outcome: Outcome::TimedOut,
+                outcome: Outcome::Cancelled,
             },
             Event::Finished {
                 task_id: 3,
@@ -151,7 +246,7 @@ mod tests {
                 Notice::Finished {
                     task_id: 1,
                     started_on: Some(10),
-                    outcome: Outcome::TimedOut
+                    outcome: Outcome::Cancelled
                 },
                 Notice::Finished {
                     task_id: 3,

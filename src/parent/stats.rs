@@ -13,6 +13,10 @@ pub struct Stats {
     pub worker_processes_still_alive: AtomicU64,
     pub worker_processes_idle: AtomicU64,
     pub worker_processes_busy: AtomicU64,
+    // Beyond the original's eight:
+    pub tasks_timed_out: AtomicU64,
+    pub tasks_over_memory_limit: AtomicU64,
+    pub worker_processes_killed_by_signal: AtomicU64,
 }
 
 /// A census of the live workers, published after every change.
@@ -36,8 +40,8 @@ impl Stats {
         counter.fetch_add(1, Relaxed);
     }
 
-    /// In the original's key order.
-    pub fn snapshot(&self) -> [(&'static str, u64); 8] {
+    /// The original's eight keys in its order, then ours.
+    pub fn snapshot(&self) -> [(&'static str, u64); 11] {
         [
             ("tasks_received", self.tasks_received.load(Relaxed)),
             ("tasks_launched", self.tasks_launched.load(Relaxed)),
@@ -61,6 +65,15 @@ impl Stats {
             (
                 "worker_processes_busy",
                 self.worker_processes_busy.load(Relaxed),
+            ),
+            ("tasks_timed_out", self.tasks_timed_out.load(Relaxed)),
+            (
+                "tasks_over_memory_limit",
+                self.tasks_over_memory_limit.load(Relaxed),
+            ),
+            (
+                "worker_processes_killed_by_signal",
+                self.worker_processes_killed_by_signal.load(Relaxed),
             ),
         ]
     }

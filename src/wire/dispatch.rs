@@ -8,10 +8,15 @@ wire_codes! {
     /// the pickled return value. `Raised`: the pickled `(exception or None,
     /// repr, traceback text)`. `TimedOut`: the deadline passed and the
     /// worker's tree was killed. `Cancelled`: killed on request (cancel, or
-    /// shutdown without waiting). `Lost`: the worker was lost; the payload is
-    /// the message naming pid and exit status.
+    /// shutdown without waiting). `Lost`: the worker was lost. Both of these
+    /// carry the worker's end as `(message, reason, pid, exitcode, max_rss,
+    /// memory_used, memory_limit)` (see `bindings/completion.rs`); reason
+    /// "memory" is a task its memory limit stopped. `OverMemory`: a
+    /// memory-limited task raised `MemoryError`; the payload is `(Raised's
+    /// payload, memory_limit)`.
     pub enum EventKind: u8 {
         Started = 0, Returned = 1, Raised = 2, TimedOut = 3, Cancelled = 4, Lost = 5,
+        OverMemory = 6,
     }
 }
 

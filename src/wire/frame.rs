@@ -27,8 +27,12 @@ wire_codes! {
     ///
     /// Worker -> pool: `Ready`, initialised and waiting (the body is its pid,
     /// u32 LE); `Ok`, the pickled return value; `Err`, the pickled exception
-    /// and its traceback text.
-    pub enum Tag: u8 { Config = 1, Task = 2, Retire = 3, Ready = 10, Ok = 11, Err = 12 }
+    /// and its traceback text; `ErrMemory`, the same for a memory-limited
+    /// task that raised `MemoryError` (the pool replaces the worker, whose
+    /// heap may be in any state after that).
+    pub enum Tag: u8 {
+        Config = 1, Task = 2, Retire = 3, Ready = 10, Ok = 11, Err = 12, ErrMemory = 13,
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -1,13 +1,15 @@
 //! Status records: the zygote's reports about one worker, on that worker's
 //! status pipe. Each record is a little-endian `u32` kind and `i32` value:
-//! first the worker's pid, later its raw wait status once the zygote reaped it.
+//! first the worker's pid; once the zygote reaped it, its peak resident
+//! memory (`wait4`'s `ru_maxrss`, in KiB, saturated at `i32::MAX`: 2 TiB)
+//! and then its raw wait status, so the peak is known when the exit is.
 
 pub const RECORD_LEN: usize = 8;
 
 wire_codes! {
     /// `Pid`: the value is the worker's pid. `Exit`: the value is its raw
-    /// wait status.
-    pub enum StatusKind: u32 { Pid = 1, Exit = 2 }
+    /// wait status. `MaxRss`: its peak resident memory in KiB.
+    pub enum StatusKind: u32 { Pid = 1, Exit = 2, MaxRss = 3 }
 }
 
 pub fn encode(kind: StatusKind, value: i32) -> [u8; RECORD_LEN] {
@@ -53,6 +55,7 @@ mod tests {
     #[test]
     fn records_survive_any_split() {
         let mut bytes = encode(StatusKind::Pid, 4242).to_vec();
+        bytes.extend(encode(StatusKind::MaxRss, 51_200));
         bytes.extend(encode(StatusKind::Exit, -9));
         for split in 0..bytes.len() {
             let mut decoder = StatusDecoder::default();
@@ -65,7 +68,12 @@ mod tests {
             while let Some(record) = decoder.next_record() {
                 seen.push(record);
             }
-            assert_eq!(seen, vec![(StatusKind::Pid, 4242), (StatusKind::Exit, -9)]);
+            let expected = vec![
+                (StatusKind::Pid, 4242),
+                (StatusKind::MaxRss, 51_200),
+                (StatusKind::Exit, -9),
+            ];
+            assert_eq!(seen, expected);
         }
     }
 

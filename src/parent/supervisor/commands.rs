@@ -1,6 +1,6 @@
 //! Requests from the Python-facing side and the completion thread.
 
-use super::worker::State;
+use super::worker::{Cause, State};
 use super::Supervisor;
 use crate::parent::messages::{Command, Outcome};
 use crossbeam_channel::TryRecvError;
@@ -72,6 +72,7 @@ impl Supervisor {
     fn signal_all(&mut self, signal: Signal) {
         for worker in self.workers.values_mut() {
             worker.signal(signal);
+            worker.signalled_by_pool = true;
             if worker.running_task().is_none() {
                 worker.state = State::Killed;
             }
@@ -95,7 +96,10 @@ impl Supervisor {
                 );
                 if let Some(worker) = self.workers.get_mut(&worker_id) {
                     worker.kill();
-                    worker.state = State::Lost { task_id: None };
+                    worker.state = State::Lost {
+                        task_id: None,
+                        cause: Cause::Died,
+                    };
                 }
                 return;
             }

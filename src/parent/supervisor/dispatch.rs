@@ -1,9 +1,10 @@
 //! Tasks out to idle workers, and the deadlines that follow them.
 
-use super::worker::State;
+use super::memory::MemoryWatch;
+use super::worker::{Cause, State};
 use super::Supervisor;
 use crate::parent::deadline;
-use crate::parent::messages::{Event, Outcome};
+use crate::parent::messages::Event;
 use crate::parent::stats::Stats;
 use crate::wire::frame::{PendingWrite, Tag};
 use std::time::Instant;
@@ -12,6 +13,7 @@ impl Supervisor {
     /// One waiting task per idle worker; the clock starts as it is written.
     pub(super) fn dispatch(&mut self) {
         let mut broken = Vec::new();
+        let mut memory_limited = false;
         let Supervisor {
             workers,
             shared,
@@ -25,9 +27,15 @@ impl Supervisor {
             let Some(task) = shared.backlog.pop() else {
                 break;
             };
+            // Only a memory-limited task costs a read of /proc here.
+            let memory = task.memory_limit.map(|limit| {
+                memory_limited = true;
+                Box::new(MemoryWatch::start(worker.pid_or_zero(), limit))
+            });
             worker.state = State::Busy {
                 task_id: task.id,
                 deadline: deadline::deadline_for(Instant::now(), task.timeout),
+                memory,
             };
             Stats::add(&shared.stats.tasks_launched);
             pending_events.push(Event::Started {
@@ -38,22 +46,25 @@ impl Supervisor {
                 broken.push(*worker_id);
             }
         }
+        if memory_limited {
+            self.watch_memory_soon();
+        }
         for worker_id in broken {
             self.pipe_closed(worker_id);
         }
     }
 
+    /// A timed-out task fails once its worker's exit is in (inbound.rs), so
+    /// that its error carries the real exit status and peak memory.
     pub(super) fn enforce_deadlines(&mut self, now: Instant) {
-        let mut timed_out = Vec::new();
         let mut stuck = Vec::new();
         for worker in self.workers.values_mut() {
             match worker.state {
                 State::Busy {
-                    task_id,
                     deadline: Some(deadline),
+                    ..
                 } if deadline <= now => {
-                    worker.kill_and_forget_task();
-                    timed_out.push(task_id);
+                    worker.kill_for(Cause::Timeout);
                 }
                 State::Retiring { deadline } if deadline::is_due(deadline, now) => {
                     stuck.push(worker.pid_or_zero());
@@ -61,9 +72,6 @@ impl Supervisor {
                 }
                 _ => {}
             }
-        }
-        for task_id in timed_out {
-            self.finish_task(task_id, Outcome::TimedOut);
         }
         for pid in stuck {
             self.log(

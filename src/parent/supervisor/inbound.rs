@@ -1,10 +1,12 @@
 //! What comes back from workers and zygotes: result frames, status records,
 //! closed pipes, and finally each worker's exit.
 
-use super::worker::{Exit, State, Zygotes};
+use super::memory::memory_death;
+use super::worker::{Cause, Exit, State, Worker, Zygotes};
 use super::Supervisor;
-use crate::os::exit_status::describe_death;
-use crate::parent::messages::Outcome;
+use crate::os::exit_status::{describe_death, exitcode};
+use crate::parent::messages::{Death, Outcome, Reason};
+use crate::parent::stats::Stats;
 use crate::parent::zygote_client;
 use crate::wire::frame::{Frame, ReadOutcome, Tag};
 use crate::wire::status::StatusKind;
@@ -70,8 +72,22 @@ impl Supervisor {
                 self.finish_task(task_id, outcome);
                 self.after_task(worker_id);
             }
-            // A result racing with our kill (timeout, cancel): already resolved.
-            (Tag::Ok | Tag::Err, State::Killed) => {}
+            (
+                Tag::ErrMemory,
+                State::Busy {
+                    task_id, memory, ..
+                },
+            ) if frame.id == *task_id => {
+                let task_id = *task_id;
+                let limit = memory.as_ref().map_or(0, |watch| watch.limit);
+                // Its heap may be anything after a MemoryError: replace it.
+                worker.tasks_done += 1;
+                worker.retire();
+                self.finish_task(task_id, Outcome::OverMemory(frame.body, limit));
+            }
+            // A result racing with our kill (timeout, memory, cancel): the
+            // kill decided the outcome.
+            (Tag::Ok | Tag::Err | Tag::ErrMemory, State::Killed | State::Lost { .. }) => {}
             (tag, _) => self.protocol_broken(worker_id, &format!("unexpected {tag:?} frame")),
         }
     }
@@ -85,7 +101,11 @@ impl Supervisor {
         if let Some(task_id) = worker.kill_and_forget_task() {
             let message =
                 format!("Subprocess {pid} broke the result protocol ({detail}) and was replaced");
-            self.finish_task(task_id, Outcome::Lost(message));
+            let death = Death {
+                pid,
+                ..Death::lost(message)
+            };
+            self.finish_task(task_id, Outcome::Lost(death));
         }
     }
 
@@ -110,7 +130,10 @@ impl Supervisor {
         if !worker.has_exited() {
             worker.kill();
         }
-        worker.state = State::Lost { task_id };
+        worker.state = State::Lost {
+            task_id,
+            cause: Cause::Died,
+        };
     }
 
     /// A worker whose zygote died has nobody to report its exit: once its
@@ -136,6 +159,7 @@ impl Supervisor {
             match kind {
                 StatusKind::Pid => worker.pid_arrived(value),
                 StatusKind::Exit => worker.exit = Some(Exit::Reported(value)),
+                StatusKind::MaxRss => worker.max_rss = Some(u64::from(value as u32) * 1024),
             }
         }
         let zygote_died = worker.zygote_gone() && !worker.has_exited();
@@ -177,20 +201,30 @@ impl Supervisor {
         let Some(worker) = self.workers.remove(&worker_id) else {
             return;
         };
-        let status = match worker.exit {
-            Some(Exit::Reported(status)) => Some(status),
-            _ => None,
-        };
-        let description = describe_death(worker.pid_or_zero(), status);
+        let death = death_of(&worker);
+        if death.reason == Reason::Killed {
+            Stats::add(&self.shared.stats.worker_processes_killed_by_signal);
+        }
         match worker.state {
             State::Busy { task_id, .. }
             | State::Lost {
                 task_id: Some(task_id),
-            } => self.finish_task(task_id, Outcome::Lost(description)),
-            State::Starting { .. } => self.startup_failed(&format!("{description} while starting")),
-            State::Idle | State::Lost { task_id: None } => self.log(
+                cause: Cause::Died,
+            } => self.finish_task(task_id, Outcome::Lost(death)),
+            State::Lost {
+                task_id: Some(task_id),
+                cause: Cause::Timeout,
+            } => self.finish_task(task_id, Outcome::TimedOut(death)),
+            State::Lost {
+                task_id: Some(task_id),
+                cause: Cause::Memory { .. },
+            } => self.finish_task(task_id, Outcome::Lost(death)),
+            State::Starting { .. } => {
+                self.startup_failed(&format!("{} while starting", death.message))
+            }
+            State::Idle | State::Lost { task_id: None, .. } => self.log(
                 log::Level::Warn,
-                format!("an idle worker died: {description}"),
+                format!("an idle worker died: {}", death.message),
             ),
             State::Retiring { .. } | State::Killed => {}
         }
@@ -200,4 +234,45 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// How a worker that has exited ended, in the words and figures its task's
+/// error gives. A worker we killed (timeout, memory, a kill we were asked
+/// for) is reported as such; otherwise its exit status says.
+fn death_of(worker: &Worker) -> Death {
+    let pid = worker.pid_or_zero();
+    let status = match worker.exit {
+        Some(Exit::Reported(status)) => Some(status),
+        _ => None,
+    };
+    let exitcode = status.and_then(exitcode);
+    let mut death = match worker.state {
+        State::Lost {
+            cause: Cause::Timeout,
+            ..
+        } => Death {
+            reason: Reason::Timeout,
+            ..Death::lost(format!("the task timed out; worker {pid} was killed"))
+        },
+        State::Lost {
+            cause: Cause::Memory { used, limit },
+            ..
+        } => memory_death(pid, used, limit),
+        _ => {
+            let reason = match exitcode {
+                _ if worker.signalled_by_pool => Reason::Cancelled,
+                Some(code) if code < 0 => Reason::Killed,
+                Some(_) => Reason::Exited,
+                None => Reason::Lost,
+            };
+            Death {
+                reason,
+                ..Death::lost(describe_death(pid, status))
+            }
+        }
+    };
+    death.pid = pid;
+    death.exitcode = exitcode;
+    death.max_rss = worker.max_rss;
+    death
 }

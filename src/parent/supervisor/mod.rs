@@ -6,7 +6,8 @@
 //!  (caller)   (priority,id)    │             settings, forked) ──┐
 //!                              ▼                                 ▼
 //!           ┌──────────── supervisor loop (this thread) ─────────────┐
-//!           │ drain waker ▸ commands ▸ deadlines ▸ reap zygotes ▸    │
+//!           │ drain waker ▸ commands ▸ deadlines ▸ memory limits ▸   │
+//!           │ reap zygotes ▸                                          │
 //!           │ staff (spawn/retire) ▸ dispatch ▸ census ▸ send events │
 //!           │ ▸ ppoll(waker, result/status pipes, task pipes with    │
 //!           │         output pending; until the nearest deadline)    │
@@ -26,8 +27,9 @@
 //!
 //! Files: `worker.rs` (the worker record and its states), `policy.rs` (the
 //! sizing and retirement rules), `staffing.rs` (starting and retiring),
-//! `commands.rs`, `dispatch.rs` (tasks out, deadlines), `inbound.rs` (frames
-//! and status records in), `poll.rs` (the wait).
+//! `commands.rs`, `dispatch.rs` (tasks out, deadlines), `memory.rs` (per-task
+//! memory limits), `inbound.rs` (frames and status records in), `poll.rs`
+//! (the wait).
 //!
 //! Zygotes by start method: "forkserver" shares one exec'd zygote among all
 //! pools of the process; "spawn" execs one per worker; "fork" forks one per
@@ -38,6 +40,7 @@
 mod commands;
 mod dispatch;
 mod inbound;
+mod memory;
 mod policy;
 mod poll;
 mod staffing;
@@ -119,6 +122,9 @@ pub struct Supervisor {
     /// forked (the completion thread was asked: `Event::NeedFork`).
     pool_zygote: Option<Zygote>,
     fork_in_flight: bool,
+    /// When to look at the memory of the memory-limited tasks' trees next;
+    /// `None` while no such task runs (then nothing is polled).
+    memory_check_at: Option<Instant>,
     /// The last `ppoll` found the wake-up fd readable.
     woken: bool,
     /// Dead shared zygotes wait to be reaped (see zygote_client.rs).
@@ -151,6 +157,7 @@ impl Supervisor {
             zygotes_to_reap: Vec::new(),
             pool_zygote,
             fork_in_flight: false,
+            memory_check_at: None,
             woken: false,
             graveyard_pending: false,
             killer: Arc::new(killer),
@@ -167,7 +174,9 @@ impl Supervisor {
         loop {
             self.shared.waker.drain(std::mem::take(&mut self.woken));
             self.take_commands();
-            self.enforce_deadlines(Instant::now());
+            let now = Instant::now();
+            self.enforce_deadlines(now);
+            self.enforce_memory_limits(now);
             self.reap_zygotes();
             self.maintain_workers();
             self.dispatch();
@@ -205,11 +214,15 @@ impl Supervisor {
     }
 
     fn finish_task(&mut self, task_id: u64, outcome: Outcome) {
-        if matches!(
-            outcome,
-            Outcome::Raised(_) | Outcome::TimedOut | Outcome::Lost(_)
-        ) {
-            Stats::add(&self.shared.stats.tasks_failed);
+        let stats = &self.shared.stats;
+        if outcome.failed() {
+            Stats::add(&stats.tasks_failed);
+        }
+        if matches!(outcome, Outcome::TimedOut(_)) {
+            Stats::add(&stats.tasks_timed_out);
+        }
+        if outcome.over_memory() {
+            Stats::add(&stats.tasks_over_memory_limit);
         }
         self.emit(Event::Finished { task_id, outcome });
     }
@@ -224,6 +237,7 @@ impl Supervisor {
         let reap = reaping.then(|| Instant::now() + REAP_RETRY);
         deadlines
             .chain(self.spawn_blocked_until)
+            .chain(self.memory_check_at)
             .chain(reap)
             .collect()
     }

@@ -4,7 +4,7 @@ use super::policy::{self, FinishedTask, Staffing};
 use super::worker::{Pid, State, Worker, Zygotes};
 use super::{StartMethod, Supervisor};
 use crate::os::process_tree;
-use crate::parent::messages::{Event, Outcome};
+use crate::parent::messages::{Death, Event, Outcome};
 use crate::parent::stats::Stats;
 use crate::parent::zygote_client::{self, WorkerChannels, Zygote};
 use std::io;
@@ -121,7 +121,7 @@ impl Supervisor {
                 "no worker could be started ({} attempts in a row failed); the last: {message}",
                 self.startup_failures
             );
-            self.finish_task(task.id, Outcome::Lost(message));
+            self.finish_task(task.id, Outcome::Lost(Death::lost(message)));
         }
     }
 

@@ -12,6 +12,7 @@
 //! its exit (or, with its zygote dead, once its pipes closed), so its task
 //! fails with the real exit status and no process is forgotten.
 
+use super::memory::MemoryWatch;
 use super::policy::RETIRE_GRACE;
 use crate::parent::buffers::BufferPool;
 use crate::parent::killer::Killer;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// How much of a status pipe one read takes: records are 8 bytes, and a
-/// worker has two.
+/// worker has three.
 const STATUS_READ: usize = 64;
 
 pub enum State {
@@ -39,19 +40,35 @@ pub enum State {
     Busy {
         task_id: u64,
         deadline: Option<Instant>,
+        /// Set while a memory-limited task runs.
+        memory: Option<Box<MemoryWatch>>,
     },
     /// Told to run its finalizer and exit.
     Retiring {
         deadline: Instant,
     },
-    /// A pipe closed under it, or its settings could not be made; it was
-    /// killed to be sure. Its task, if any, fails once the exit status is in.
+    /// A pipe closed under it, or its settings could not be made, or its
+    /// task ran out of time or memory; it was killed (to be sure, in the
+    /// first cases). Its task, if any, fails once the exit status is in, so
+    /// the error carries the real exit status and peak memory.
     Lost {
         task_id: Option<u64>,
+        cause: Cause,
     },
     /// Killed by us (timeout, cancel, shutdown, a broken protocol); its task
     /// is already resolved.
     Killed,
+}
+
+/// Why a worker is `Lost`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// It died, or its pipes closed, or it could not be set up.
+    Died,
+    /// Its task's deadline passed.
+    Timeout,
+    /// Its task's tree grew by `used` bytes, past `limit`.
+    Memory { used: u64, limit: u64 },
 }
 
 /// Which zygote made the worker, and so who reports and reaps what.
@@ -96,6 +113,11 @@ pub struct Worker {
     pub state: State,
     pub pid: Pid,
     pub exit: Option<Exit>,
+    /// Its peak resident memory in bytes, reported with its exit.
+    pub max_rss: Option<u64>,
+    /// `terminate_workers()` / `kill_workers()` signalled it: its death is
+    /// the pool's doing, not a crash.
+    pub signalled_by_pool: bool,
     pub tasks_done: u64,
     pub reader: FrameReader,
     pub status: StatusDecoder,
@@ -127,6 +149,8 @@ impl Worker {
                 kill_on_arrival: false,
             },
             exit: None,
+            max_rss: None,
+            signalled_by_pool: false,
             tasks_done: 0,
             reader: FrameReader::with_buffers(MAX_BODY_LEN, Arc::clone(buffers)),
             status: StatusDecoder::default(),
@@ -228,6 +252,18 @@ impl Worker {
             Pid::Known(pid) => self.killer.signal_tree(pid, signal),
             Pid::Unknown { .. } => self.kill(),
         }
+    }
+
+    /// Kills the worker for its task's `cause`; the task fails once the
+    /// exit is in. Returns the task, if one was running.
+    pub fn kill_for(&mut self, cause: Cause) -> Option<u64> {
+        let task = self.running_task();
+        self.kill();
+        self.state = State::Lost {
+            task_id: task,
+            cause,
+        };
+        task
     }
 
     /// Kills the worker and returns the task it was running, if any.
