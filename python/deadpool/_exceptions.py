@@ -28,26 +28,6 @@ class _WorkerEnd:
     #: The worker's peak resident memory in bytes, as ``wait4`` reported it.
     max_rss: int | None = None
 
-    def _set_end(
-        self,
-        pid: int | None,
-        exitcode: int | None,
-        signal: int | None,
-        reason: str | None,
-        max_rss: int | None,
-    ) -> None:
-        if reason is not None and reason not in REASONS:
-            raise ValueError(f"reason must be one of {REASONS} or None, not {reason!r}")
-        self.pid = pid
-        self.exitcode = exitcode
-        self.signal = None if signal is None else _signal.Signals(signal)
-        self.reason = reason
-        self.max_rss = max_rss
-
-
-class TimeoutError(_WorkerEnd, concurrent.futures.TimeoutError):
-    """A task ran past its ``deadpool_timeout``; its worker's process tree was killed."""
-
     def __init__(
         self,
         *args: object,
@@ -57,8 +37,18 @@ class TimeoutError(_WorkerEnd, concurrent.futures.TimeoutError):
         reason: str | None = None,
         max_rss: int | None = None,
     ) -> None:
+        if reason is not None and reason not in REASONS:
+            raise ValueError(f"reason must be one of {REASONS} or None, not {reason!r}")
         super().__init__(*args)
-        self._set_end(pid, exitcode, signal, reason, max_rss)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = None if signal is None else _signal.Signals(signal)
+        self.reason = reason
+        self.max_rss = max_rss
+
+
+class TimeoutError(_WorkerEnd, concurrent.futures.TimeoutError):
+    """A task ran past its ``deadpool_timeout``; its worker's process tree was killed."""
 
 
 class SoftTimeoutError(TimeoutError):
@@ -70,18 +60,6 @@ class SoftTimeoutError(TimeoutError):
 class ProcessError(_WorkerEnd, multiprocessing.ProcessError):
     """A task was lost with its worker (killed, crashed, exited), or could not be moved
     between processes."""
-
-    def __init__(
-        self,
-        *args: object,
-        pid: int | None = None,
-        exitcode: int | None = None,
-        signal: int | None = None,
-        reason: str | None = None,
-        max_rss: int | None = None,
-    ) -> None:
-        super().__init__(*args)
-        self._set_end(pid, exitcode, signal, reason, max_rss)
 
 
 class MemoryLimitError(ProcessError):

@@ -45,8 +45,15 @@ fn live_processes(above: i32) -> Vec<(i32, i32)> {
 /// each stat (as a general-purpose reader does) made that scan cost more
 /// CPU than starting the replacement worker.
 pub(super) fn state_and_parent(pid: i32) -> Option<(u8, i32)> {
-    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
     let mut buffer = [0u8; 1024];
+    let filled = read_start_of(&format!("/proc/{pid}/stat"), &mut buffer)?;
+    parse_state_and_parent(&buffer[..filled])
+}
+
+/// Reads as much of `path` as fits in `buffer` (a `/proc` file whose first
+/// fields are all a caller wants), with no allocation; the bytes read.
+pub(super) fn read_start_of(path: &str, buffer: &mut [u8]) -> Option<usize> {
+    let mut file = std::fs::File::open(path).ok()?;
     let mut filled = 0;
     while filled < buffer.len() {
         match file.read(&mut buffer[filled..]) {
@@ -56,7 +63,7 @@ pub(super) fn state_and_parent(pid: i32) -> Option<(u8, i32)> {
             Err(_) => return None,
         }
     }
-    parse_state_and_parent(&buffer[..filled])
+    Some(filled)
 }
 
 /// `pid (comm) S ppid ...`: the command may hold spaces and parentheses, so

@@ -15,9 +15,8 @@
 //! RSS is summed per process: pages a forked child shares with its parent
 //! count once per process, which overstates a fork's use but never hides it.
 
-use super::process_tree::{absorb, state_and_parent};
+use super::process_tree::{absorb, read_start_of, state_and_parent};
 use std::collections::HashSet;
-use std::io::Read;
 
 /// Every this many looks, all of `/proc` is scanned again.
 const FULL_SCAN_EVERY: u32 = 16;
@@ -96,17 +95,8 @@ fn listed_pids() -> impl Iterator<Item = i32> {
 /// must stay a member, or the child a task just started would be lost from
 /// the tree until the next full scan.
 pub fn resident_bytes(pid: i32) -> Option<u64> {
-    let mut file = std::fs::File::open(format!("/proc/{pid}/statm")).ok()?;
     let mut buffer = [0u8; 128];
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match file.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return None,
-        }
-    }
+    let filled = read_start_of(&format!("/proc/{pid}/statm"), &mut buffer)?;
     // An empty read is a process without a memory map: zero bytes.
     let pages = parse_resident_pages(&buffer[..filled]).unwrap_or(0);
     Some(pages * page_size())
