@@ -96,6 +96,24 @@ def validated_sizes(
     }
 
 
+def worker_settings(
+    initializer: Any, initargs: Any, finalizer: Any, finalargs: Any, trim_threshold: Any
+) -> dict[str, Any]:
+    """What every worker is told (``_settings``), checked."""
+    check_callables(initializer=initializer, finalizer=finalizer)
+    return {
+        "initializer": initializer,
+        "initargs": as_tuple("initargs", initargs),
+        "finalizer": finalizer,
+        "finalargs": as_tuple("finalargs", finalargs),
+        "malloc_trim_threshold": optional(
+            partial(int_at_least, minimum=0),
+            "malloc_trim_rss_memory_threshold_bytes",
+            trim_threshold,
+        ),
+    }
+
+
 def check_callables(**callables: Any) -> None:
     for name, fn in callables.items():
         if fn is not None and not callable(fn):

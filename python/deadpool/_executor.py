@@ -68,31 +68,18 @@ class Deadpool(concurrent.futures.Executor):
         sizes = arguments.validated_sizes(
             max_workers, min_workers, max_tasks_per_child, max_worker_memory_bytes
         )
-        trim_threshold = arguments.optional(
-            partial(arguments.int_at_least, minimum=0),
-            "malloc_trim_rss_memory_threshold_bytes",
-            malloc_trim_rss_memory_threshold_bytes,
-        )
         sizes["max_backlog"] = arguments.int_at_least("max_backlog", max_backlog, 0)
         self._task_memory_limit = arguments.optional(
             arguments.positive_int, "task_memory_limit_bytes", task_memory_limit_bytes
         )
         start_method = arguments.start_method(mp_context)
-        arguments.check_callables(initializer=initializer, finalizer=finalizer)
-        initargs = arguments.as_tuple("initargs", initargs)
-        finalargs = arguments.as_tuple("finalargs", finalargs)
+        self._settings = arguments.worker_settings(
+            initializer, initargs, finalizer, finalargs, malloc_trim_rss_memory_threshold_bytes
+        )
         arguments.check_mapping("propagate_environ", propagate_environ)
         arguments.check_flags(
             shutdown_wait=shutdown_wait, shutdown_cancel_futures=shutdown_cancel_futures
         )
-
-        self._settings = {
-            "initializer": initializer,
-            "initargs": initargs,
-            "finalizer": finalizer,
-            "finalargs": finalargs,
-            "malloc_trim_threshold": trim_threshold,
-        }
         self._propagate_environ = propagate_environ
         self._max_workers = sizes["max_workers"]
         self._max_backlog = sizes["max_backlog"]
