@@ -311,7 +311,11 @@ async def _results(
     current = None
     try:
         while (current := await submitted.get()) is not None:
-            outcome = await current
+            # Shielded: were our caller cancelled, asyncio would cancel (kill)
+            # the running task at once, and the worker freed could start the
+            # next before the finally below cancels it. The finally cancels
+            # them all, newest first.
+            outcome = await asyncio.shield(current)
             current = None
             slots.release()  # one more may start while the caller takes this
             values, error = outcome if chunked else ([outcome], None)
