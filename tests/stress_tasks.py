@@ -14,6 +14,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from tests import tasks
@@ -403,3 +404,58 @@ def run_script(path, *args, timeout=180.0, **popen_kwargs):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
     return proc.returncode, out, err
+
+
+# ---------------------------------------------------------------- shared-memory payloads (issue 12)
+# Tasks that SIGKILL their own worker at a chosen point of moving a big payload.
+
+
+def echo_checked(i, data):
+    """(i, our pid, blake2b of what arrived, its type's name, the data itself)."""
+    return i, os.getpid(), tasks.digest(data), type(data).__name__, data
+
+
+def die_now():
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(BLOCK_LIMIT)
+
+
+class DieOnUnpickle:
+    """An argument that SIGKILLs the worker as the worker unpickles it: put
+    after a big buffer, the worker dies in the middle of reading its task."""
+
+    def __reduce__(self):
+        return die_now, ()
+
+
+class DieOnPickle:
+    """Part of a result that SIGKILLs the worker as the worker pickles it:
+    put after a big buffer, the worker dies in the middle of writing its result."""
+
+    def __reduce__(self):
+        die_now()
+        raise AssertionError("unreachable")
+
+
+def kill_after_receiving(data):
+    """Read all of a big argument (checksum it), then SIGKILL our own worker."""
+    tasks.digest(data)
+    die_now()
+
+
+def die_while_returning(nbytes, seed, delay):
+    """Start returning `nbytes` of random data and be SIGKILLed doing it: a
+    timer thread kills the worker `delay` seconds from now; if it has not
+    fired by the time the result is pickled, the DieOnPickle after the
+    payload does. Either way the task never completes."""
+    import random
+
+    data = random.Random(seed).randbytes(nbytes)
+    threading.Timer(delay, die_now).start()
+    return data, DieOnPickle()
+
+
+def hold_big_argument(data, release):
+    """Hold a big argument until `release` exists (bounded): for timeouts."""
+    tasks.wait_for_file(release)
+    return len(data)
