@@ -25,6 +25,8 @@ mod _core {
     use crate::bindings::pool::Pool;
     #[pymodule_export]
     use crate::bindings::room_signal::RoomSignal;
+    #[pymodule_export]
+    use crate::bindings::segment::{read_segment, receive_segment, send_segment, Segment};
 
     #[pymodule_export]
     use crate::bindings::child::{

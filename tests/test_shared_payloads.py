@@ -275,7 +275,9 @@ def test_bad_max_shared_memory_bytes(value, exc_type):
 @pytest.mark.parametrize("value", [0, 1, 64 * MiB, 2**40])
 def test_good_max_shared_memory_bytes(value):
     with pool(max_workers=1, **{CAP: value}) as exe:
-        assert_same(exe.submit(tasks.return_value, BIG).result(timeout=DEADLINE), BIG)
+        assert exe.submit(tasks.add, 1, 2).result(timeout=DEADLINE) == 3
+        if value == 0 or value >= len(BIG):  # else BIG is over the cap
+            assert_same(exe.submit(tasks.return_value, BIG).result(timeout=DEADLINE), BIG)
 
 
 # ---------------------------------------------------------------- statistics

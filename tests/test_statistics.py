@@ -21,7 +21,12 @@ ORIGINAL_KEYS = [
     "worker_processes_idle",
     "worker_processes_busy",
 ]
-NEW_KEYS = ["tasks_timed_out", "tasks_over_memory_limit", "worker_processes_killed_by_signal"]
+NEW_KEYS = [
+    "tasks_timed_out",
+    "tasks_over_memory_limit",
+    "worker_processes_killed_by_signal",
+    "bytes_through_shared_memory",
+]
 NEW_ZEROS = dict.fromkeys(NEW_KEYS, 0)
 
 

@@ -26,7 +26,18 @@ from tests.helpers import Gate, pool
 
 testing = _core._testing
 
-FRAME_TAGS = ["CONFIG", "TASK", "RETIRE", "READY", "OK", "ERR", "ERR_MEMORY"]
+FRAME_TAGS = [
+    "CONFIG",
+    "TASK",
+    "RETIRE",
+    "TASK_SHARED",
+    "READY",
+    "OK",
+    "ERR",
+    "ERR_MEMORY",
+    "OK_SHARED",
+    "OK_SEGMENT",
+]
 STATUS_KINDS = ["PID", "EXIT", "MAX_RSS"]
 EVENT_KINDS = ["STARTED", "RETURNED", "RAISED", "TIMED_OUT", "CANCELLED", "LOST", "OVER_MEMORY"]
 CANCEL_REPLIES = ["NOT_FOUND", "REMOVED_PENDING", "KILLED_RUNNING"]
@@ -137,15 +148,17 @@ def test_a_worker_s_end_reaches_the_supervisor_peak_first(pipe, kib, sent):
     ]
 
 
-def test_a_worker_request_reaches_the_zygote_with_three_pipes():
+def test_a_worker_request_reaches_the_zygote_with_three_pipes_and_a_segment_socket():
     pool_end, zygote_end = socket.socketpair()
     with pool_end, zygote_end:
         testing.send_worker_request(pool_end.fileno())
         message, fds = _zygote.receive_request(zygote_end)
         try:
             assert message == _core.WORKER_REQUEST
-            assert len(fds) == _core.WORKER_REQUEST_FDS == 3
-            assert all(stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in fds)
+            assert len(fds) == _core.WORKER_REQUEST_FDS == 4
+            assert all(stat.S_ISFIFO(os.fstat(fd).st_mode) for fd in fds[:3])
+            with socket.socket(fileno=os.dup(fds[3])) as segments:
+                assert segments.type == socket.SOCK_SEQPACKET
         finally:
             for fd in fds or ():
                 os.close(fd)
@@ -242,9 +255,9 @@ def test_each_submit_reply_means_what_it_says(tmp_path):
         gate.wait_started(running)
 
         def try_submit(value):
-            future, payload = exe._new_task(tasks.return_value, (value,), {})
+            future, (payload, segment) = exe._new_task(tasks.return_value, (value,), {})
             exe._dispatcher.futures[future._task_id] = future
-            return future, exe._core.try_submit(future._task_id, payload, 0, None)
+            return future, exe._core.try_submit(future._task_id, payload, 0, None, None, segment)
 
         accepted, reply = try_submit("in")
         assert reply == _core.SUBMIT_ACCEPTED

@@ -114,6 +114,16 @@ def worker_settings(
     }
 
 
+def shared_memory_cap(value: Any) -> int:
+    """``max_shared_memory_bytes``: by default a quarter of physical memory.
+    Shared segments are not bounded by ``/dev/shm``'s size and count in no
+    process's limit until read, and each payload also has its copies in the
+    caller and the worker: a quarter leaves room for those."""
+    if value is None:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    return int_at_least("max_shared_memory_bytes", value, 0)
+
+
 def check_callables(**callables: Any) -> None:
     for name, fn in callables.items():
         if fn is not None and not callable(fn):

@@ -65,9 +65,10 @@ async def submit(
             fn, args, kwargs, timeout, soft_timeout, memory_limit
         )
     loop = asyncio.get_running_loop()
-    future, payload = exe._new_task(fn, args, kwargs)
-    if payload is not None:  # else it would not pickle: the future says why
-        await _admit(exe, loop, future, payload, priority, (timeout, memory))
+    future, packed = exe._new_task(fn, args, kwargs)
+    if packed is not None:  # else it would not pickle: the future says why
+        payload, segment = packed
+        await _admit(exe, loop, future, payload, priority, (timeout, memory, segment))
     return _follow(future, loop)
 
 
@@ -77,7 +78,7 @@ async def _admit(
     future: Future[Any],
     payload: bytes,
     priority: int,
-    limits: tuple[float | None, int | None],
+    limits: _Limits,
 ) -> None:
     """Puts the task in the backlog, first waiting (behind whoever waits
     already on this loop) while it is full. ``PoolClosed`` if the pool shuts
@@ -100,8 +101,10 @@ async def _admit(
         raise
 
 
-# (ticket, task id, payload, priority, (timeout, memory limit))
-_Waiter = tuple["asyncio.Future[None]", int, bytes, int, "tuple[float | None, int | None]"]
+# (timeout, memory limit, segment): try_submit's last arguments.
+_Limits = tuple["float | None", "int | None", Any]
+# (ticket, task id, payload, priority, limits)
+_Waiter = tuple["asyncio.Future[None]", int, bytes, int, _Limits]
 
 
 class _Admission:
@@ -123,7 +126,7 @@ class _Admission:
         future: Future[Any],
         payload: bytes,
         priority: int,
-        limits: tuple[float | None, int | None],
+        limits: _Limits,
     ) -> None:
         """Returns once the task is in the backlog."""
         ticket: asyncio.Future[None] = self._loop.create_future()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures.process import _RemoteTraceback
 from typing import Any
 
+from deadpool import _payload
 from deadpool._core import (
     CANCEL_REMOVED_PENDING,
     EVENT_CANCELLED,
@@ -95,7 +96,7 @@ class Dispatcher:
     def _settle(self, future: Future, kind: int, payload: Any) -> None:
         if kind == EVENT_RETURNED:
             try:
-                result = pickle.loads(payload)
+                result = self._loads(payload)
             except BaseException as exc:
                 self.note_failed()
                 error = ProcessError(
@@ -122,6 +123,19 @@ class Dispatcher:
             future._resolve(exception=error)
         else:  # EVENT_TIMED_OUT, EVENT_LOST: the payload says how the worker ended
             future._resolve(exception=_worker_end(payload))
+
+    def _loads(self, payload: Any) -> Any:
+        """A result: a pickle, or ``(body, segment)`` when its large buffers
+        came through shared memory (``_payload``)."""
+        if type(payload) is not tuple:
+            return pickle.loads(payload)
+        body, segment = payload
+        try:
+            result, nbytes = _payload.loads(body, segment.fd)
+        finally:
+            segment.release()
+        self.core.note_shared_bytes(nbytes)
+        return result
 
 
 def _worker_end(payload: tuple[Any, ...]) -> BaseException:

@@ -23,7 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from deadpool import _arguments as arguments
-from deadpool import _core, _map, _pickling, _settings, _worker, _zygote
+from deadpool import _core, _map, _payload, _pickling, _settings, _worker, _zygote
 from deadpool._dispatcher import Dispatcher
 from deadpool._exceptions import PoolClosed
 from deadpool._future import Future
@@ -59,6 +59,7 @@ class Deadpool(concurrent.futures.Executor):
         malloc_trim_rss_memory_threshold_bytes: int | None = None,
         propagate_environ: Mapping[str, str] | None = None,
         task_memory_limit_bytes: int | None = None,
+        max_shared_memory_bytes: int | None = None,
     ) -> None:
         if _zygote.preparing:
             raise RuntimeError(
@@ -69,6 +70,7 @@ class Deadpool(concurrent.futures.Executor):
             max_workers, min_workers, max_tasks_per_child, max_worker_memory_bytes
         )
         sizes["max_backlog"] = arguments.int_at_least("max_backlog", max_backlog, 0)
+        sizes["max_shared_memory_bytes"] = arguments.shared_memory_cap(max_shared_memory_bytes)
         self._task_memory_limit = arguments.optional(
             arguments.positive_int, "task_memory_limit_bytes", task_memory_limit_bytes
         )
@@ -76,6 +78,9 @@ class Deadpool(concurrent.futures.Executor):
         self._settings = arguments.worker_settings(
             initializer, initargs, finalizer, finalargs, malloc_trim_rss_memory_threshold_bytes
         )
+        self._shared_cap = self._settings["max_shared_memory_bytes"] = sizes[
+            "max_shared_memory_bytes"
+        ]
         arguments.check_mapping("propagate_environ", propagate_environ)
         arguments.check_flags(
             shutdown_wait=shutdown_wait, shutdown_cancel_futures=shutdown_cancel_futures
@@ -206,15 +211,15 @@ class Deadpool(concurrent.futures.Executor):
     ) -> Future[Any]:
         """``submit`` with checked arguments; ``respect_bound=False`` admits the
         task past ``max_backlog`` instead of blocking."""
-        future, payload = self._new_task(fn, args, kwargs)
-        if payload is None:
+        future, packed = self._new_task(fn, args, kwargs)
+        if packed is None:
             return future
         task_id = future._task_id
         futures = self._dispatcher.futures
         futures[task_id] = future  # before the core can report on it
         try:
             accepted = self._core.submit(
-                task_id, payload, priority, timeout, respect_bound, memory_limit
+                task_id, packed[0], priority, timeout, respect_bound, memory_limit, packed[1]
             )
         except BaseException:
             futures.pop(task_id, None)
@@ -226,28 +231,24 @@ class Deadpool(concurrent.futures.Executor):
 
     def _new_task(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Future[Any], bytes | None]:
-        """A new task's future and pickle, on a pool that takes tasks. A task
-        that will not pickle has no pickle (None) and a failed future."""
+    ) -> tuple[Future[Any], tuple[bytes, Any] | None]:
+        """A new task's future and ``(payload, segment)`` (``_payload``), on a
+        pool that takes tasks. A task that will not pickle, or is too large,
+        gets None and a failed future."""
         self._check_usable()
         future: Future[Any] = Future()
         future._task_id = next(self._ids)
         future._pool = self._dispatcher
         try:
-            payload = pickle.dumps((fn, args, kwargs), _PICKLE_PROTOCOL)
-            if self._main_by_value and b"__main__" in payload:
-                payload = _by_value_if_possible((fn, args, kwargs), payload)
-        except Exception:
-            # Pickle refused (a lambda, a closure, a function Dask shipped by
-            # value): cloudpickle writes those by value.
-            try:
-                payload = _pickling.by_value((fn, args, kwargs))
-            except Exception as exc:
-                # Like the stdlib: an unpicklable task fails its own future only.
-                self._core.note_rejected()
-                future.set_exception(exc)
-                return future, None
-        return future, payload
+            packed = _payload.pack_task(
+                self._core, (fn, args, kwargs), self._shared_cap, self._main_by_value
+            )
+        except Exception as exc:
+            # Like the stdlib: an unpicklable task fails its own future only.
+            self._core.note_rejected()
+            future.set_exception(exc)
+            return future, None
+        return future, packed
 
     def map(
         self,
@@ -413,7 +414,8 @@ class Deadpool(concurrent.futures.Executor):
 
     def get_statistics(self) -> dict[str, int]:
         """The original deadpool's eight counters, then ``tasks_timed_out``,
-        ``tasks_over_memory_limit`` and ``worker_processes_killed_by_signal``."""
+        ``tasks_over_memory_limit``, ``worker_processes_killed_by_signal`` and
+        ``bytes_through_shared_memory``."""
         return self._core.statistics()
 
     def clear_workers(self) -> None:
@@ -441,16 +443,6 @@ def _preparation_data() -> bytes:
     data = multiprocessing.spawn.get_preparation_data("deadpool-zygote")
     data["authkey"] = bytes(data["authkey"])  # pickles outside a spawning context
     return pickle.dumps(data, _PICKLE_PROTOCOL)
-
-
-def _by_value_if_possible(call: tuple[Any, ...], by_reference: bytes) -> bytes:
-    """A task that names something in an interactive ``__main__``, pickled by
-    value; by reference (the worker may still find it: under "fork", what
-    ``__main__`` held when the pool was made) if cloudpickle cannot."""
-    try:
-        return _pickling.by_value(call)
-    except Exception:
-        return by_reference
 
 
 def _on_event_loop_thread() -> bool:

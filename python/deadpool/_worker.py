@@ -16,15 +16,18 @@ import struct
 import sys
 import traceback
 
-from deadpool import _core
+from deadpool import _core, _payload
 from deadpool._core import (
     TAG_CONFIG,
     TAG_ERR,
     TAG_ERR_MEMORY,
     TAG_OK,
+    TAG_OK_SEGMENT,
+    TAG_OK_SHARED,
     TAG_READY,
     TAG_RETIRE,
     TAG_TASK,
+    TAG_TASK_SHARED,
 )
 
 TYPE_CHECKING = False
@@ -42,12 +45,13 @@ def _log_exception(message: str, *args: object) -> None:
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
-def worker_main(task_fd: int, result_fd: int) -> None:
+def worker_main(task_fd: int, result_fd: int, segments_fd: int) -> None:
     _core.tune_allocator_for_worker()
     settings = _read_settings(task_fd)
     _initialise(settings)
     _core.write_frame(result_fd, TAG_READY, 0, struct.pack("<I", os.getpid()))
     trim_above = settings.get("malloc_trim_threshold")
+    shared_cap = settings.get("max_shared_memory_bytes", 0)
     while True:
         frame = _core.read_frame(task_fd)
         if frame is None:
@@ -56,15 +60,23 @@ def worker_main(task_fd: int, result_fd: int) -> None:
         if tag == TAG_RETIRE:
             _retire(settings)
             return
-        if tag != TAG_TASK:
+        segment = None
+        if tag == TAG_TASK_SHARED:
+            segment = _core.receive_segment(segments_fd, task_id)
+        elif tag != TAG_TASK:
             raise RuntimeError(f"unexpected frame tag {tag} from the pool")
-        out_tag, out = run_task(body)
+        out_tag, out, own_segment = run_task(body, segment, shared_cap)
         if _guard.over_memory:
             # A memory-limited task raised MemoryError: the pool replaces us.
             _guard.over_memory = False
             out_tag = TAG_ERR_MEMORY
         del body
+        if own_segment is not None:
+            _core.send_segment(segments_fd, task_id, own_segment)
+            os.close(own_segment)
         _core.write_frame(result_fd, out_tag, task_id, out)
+        if segment is not None:
+            os.close(segment)
         del out
         if trim_above is not None and (_core.rss_bytes(os.getpid()) or 0) > trim_above:
             _core.malloc_trim()
@@ -108,22 +120,58 @@ def _call_hook(settings: dict[str, Any], name: str, args_name: str) -> None:
             _log_exception(f"deadpool worker {name} %r failed", hook)
 
 
-def run_task(body: bytes) -> tuple[int, bytes]:
+def run_task(body: bytes, segment: int | None, shared_cap: int) -> tuple[int, bytes, int | None]:
+    """Runs a task: ``(tag, body, a segment of our own to send first, or
+    None)``. ``segment``: where the task's large buffers are (``_payload``),
+    and where a large result goes back."""
     try:
-        fn, args, kwargs = pickle.loads(body)
+        if segment is None:
+            fn, args, kwargs = pickle.loads(body)
+        else:
+            (fn, args, kwargs), _ = _payload.loads(body, segment)
         result = fn(*args, **kwargs)
     except BaseException as exc:
-        return TAG_ERR, _pickle_exception(exc)
+        return TAG_ERR, _pickle_exception(exc), None
     try:
+        if shared_cap:
+            return _pack_result(result, segment, shared_cap)
         try:  # _dumps, inlined: this is the hot path
             out = pickle.dumps(result, _PICKLE_PROTOCOL)
         except Exception:
             from deadpool import _pickling
 
             out = _pickling.by_value(result)
-        return TAG_OK, out
+        return TAG_OK, out, None
     except BaseException as exc:
-        return TAG_ERR, _pickle_exception(exc)
+        return TAG_ERR, _pickle_exception(exc), None
+
+
+def _pack_result(result: Any, segment: int | None, cap: int) -> tuple[int, bytes, int | None]:
+    """A result with its large buffers in ``segment`` (grown to fit) or in a
+    new segment of ours; through the pipe if no memory is left for one."""
+    lifted = _payload.lift(result)
+    try:
+        data, buffers = _payload.dumps(lifted)
+    except Exception:
+        return TAG_OK, _dumps(result), None
+    if not buffers:
+        return TAG_OK, data, None
+    header, size, total = _payload.layout(buffers)
+    _payload.check_size(total, cap)
+    try:
+        if segment is not None:
+            _payload.fit(segment, size)
+            _payload.write(segment, buffers)
+            return TAG_OK_SHARED, header + data, None
+        own = _payload.new_segment(size)
+        try:
+            _payload.write(own, buffers)
+        except BaseException:
+            os.close(own)
+            raise
+        return TAG_OK_SEGMENT, header + data, own
+    except OSError:
+        return TAG_OK, pickle.dumps(lifted, _PICKLE_PROTOCOL), None
 
 
 def _dumps(obj: object) -> bytes:

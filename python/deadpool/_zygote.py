@@ -169,10 +169,10 @@ class _Spare:
         self.pid = pid
         self.sock = sock
 
-    def hand_over(self, task_r: int, result_w: int) -> bool:
+    def hand_over(self, task_r: int, result_w: int, segments: int) -> bool:
         """False if the spare is gone (the caller forks a worker instead)."""
         try:
-            socket.send_fds(self.sock, [b"W"], [task_r, result_w])
+            socket.send_fds(self.sock, [b"W"], [task_r, result_w, segments])
         except OSError:
             return False
         finally:
@@ -226,22 +226,23 @@ class _Zygote:
             self.start_worker(*fds)
         return True
 
-    def start_worker(self, task_r: int, result_w: int, status_w: int) -> None:
+    def start_worker(self, task_r: int, result_w: int, status_w: int, segments: int) -> None:
         spare, self.spare = self.spare, None
-        if spare is not None and spare.hand_over(task_r, result_w):
+        if spare is not None and spare.hand_over(task_r, result_w, segments):
             pid = spare.pid
         else:
-            pid = self.fork_worker(task_r, result_w, status_w)
+            pid = self.fork_worker(task_r, result_w, status_w, segments)
         os.close(task_r)
         os.close(result_w)
+        os.close(segments)
         self.spawned += 1
         self.workers[pid] = status_w
         _write_status(status_w, STATUS_PID, pid)
 
-    def fork_worker(self, task_r: int, result_w: int, status_w: int) -> int:
+    def fork_worker(self, task_r: int, result_w: int, status_w: int, segments: int) -> int:
         pid = os.fork()
         if pid == 0:
-            self.run_child(lambda: self.become_worker(task_r, result_w, status_w))
+            self.run_child(lambda: self.become_worker(task_r, result_w, status_w, segments))
         return pid
 
     def time_until_spare(self) -> float | None:
@@ -301,11 +302,11 @@ class _Zygote:
         name = _core.process_name()
         _core.set_process_name(SPARE_NAME)
         try:
-            _message, fds, _flags, _addr = socket.recv_fds(sock, 1, 2)
+            _message, fds, _flags, _addr = socket.recv_fds(sock, 1, 3)
         except OSError:
             return  # the zygote is gone
         sock.close()
-        if len(fds) != 2:
+        if len(fds) != 3:
             for fd in fds:
                 os.close(fd)
             return  # the zygote is gone (EOF)
@@ -314,12 +315,12 @@ class _Zygote:
         _core.become_worker()
         worker_main(*fds)
 
-    def become_worker(self, task_r: int, result_w: int, status_w: int) -> None:
+    def become_worker(self, task_r: int, result_w: int, status_w: int, segments: int) -> None:
         self.leave_zygote()
         os.close(status_w)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _core.become_worker()
-        worker_main(task_r, result_w)
+        worker_main(task_r, result_w, segments)
 
     def drain_wakeups(self) -> None:
         try:
@@ -395,7 +396,7 @@ def report_exit(fd: int, status: int, max_rss_kib: int) -> None:
 
 def receive_request(control: socket.socket) -> tuple[bytes, list[int]] | None:
     """One message from the pool: ``(WORKER_REQUEST, [task pipe read end,
-    result pipe write end, status pipe write end])`` or ``(RELEASE_SPARE, [])``.
+    result pipe write end, status pipe write end, segment socket])`` or ``(RELEASE_SPARE, [])``.
     None when the lifeline is gone; ``(b"", [])`` for a message to ignore
     (interrupted, or malformed: its descriptors are closed)."""
     try:

@@ -19,7 +19,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 /// `errno` set. (PyO3's own conversion picks the subclass but leaves `errno`
 /// unset.) Errors without an errno, such as a stream that ended mid-frame,
 /// go through PyO3's conversion.
-fn os_error(error: io::Error) -> PyErr {
+pub(crate) fn os_error(error: io::Error) -> PyErr {
     match error.raw_os_error() {
         Some(code) => PyOSError::new_err((code, Errno::from_raw(code).desc())),
         None => error.into(),
@@ -28,7 +28,7 @@ fn os_error(error: io::Error) -> PyErr {
 
 /// A descriptor number from Python, for the duration of one call. A
 /// negative one is refused here: a `BorrowedFd` must never hold -1.
-fn borrow(fd: RawFd) -> PyResult<BorrowedFd<'static>> {
+pub(crate) fn borrow(fd: RawFd) -> PyResult<BorrowedFd<'static>> {
     if fd < 0 {
         return Err(PyValueError::new_err(format!(
             "fd must be a non-negative file descriptor, not {fd}"

@@ -4,6 +4,7 @@
 //! `(kind, task_id, pid, payload)` tuples (kinds: wire/dispatch.rs).
 
 use super::pool::Finished;
+use super::segment::Segment;
 use crate::os::thread;
 use crate::parent::buffers::BufferPool;
 use crate::parent::messages::{fold_starts, Command, Death, Event, Notice, Outcome};
@@ -198,6 +199,11 @@ fn outcome_payload<'py>(
     };
     Ok(match outcome {
         Outcome::Returned(bytes) => (EventKind::Returned, Some(frame(bytes))),
+        Outcome::ReturnedShared(bytes, lease) => {
+            let segment = Bound::new(py, Segment::new(lease))?.into_any();
+            let payload = (frame(bytes), segment).into_pyobject(py)?.into_any();
+            (EventKind::Returned, Some(payload))
+        }
         Outcome::Raised(bytes) => (EventKind::Raised, Some(frame(bytes))),
         Outcome::OverMemory(bytes, limit) => {
             let payload = (frame(bytes), limit).into_pyobject(py)?.into_any();

@@ -9,6 +9,7 @@
 
 use super::completion::{self, Callbacks};
 use super::room_signal::RoomSignal;
+use super::segment::Segment;
 use crate::os::sync::lock;
 use crate::os::thread;
 use crate::parent::backlog::{PushError, Task};
@@ -80,7 +81,7 @@ impl Pool {
     #[pyo3(signature = (
         *, max_workers, min_workers, max_backlog, max_tasks_per_child, max_worker_memory_bytes,
         start_method, argv, preparation, static_config, dispatch, make_config, fork_zygote,
-        forked_zygote=None,
+        forked_zygote=None, max_shared_memory_bytes=0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -97,6 +98,7 @@ impl Pool {
         make_config: Option<Py<PyAny>>,
         fork_zygote: Option<Py<PyAny>>,
         forked_zygote: Option<(i32, RawFd)>,
+        max_shared_memory_bytes: u64,
     ) -> PyResult<Self> {
         let settings = Settings {
             max_workers,
@@ -108,7 +110,7 @@ impl Pool {
             static_config,
             pool_zygote: forked_zygote.map(adopt_zygote).transpose()?,
         };
-        let shared = Arc::new(Shared::new(max_backlog)?);
+        let shared = Arc::new(Shared::new(max_backlog, max_shared_memory_bytes)?);
         let (command_tx, command_rx) = crossbeam_channel::unbounded();
         let (event_tx, event_rx) = crossbeam_channel::unbounded();
         let finished = Arc::new(Finished::default());
@@ -148,7 +150,11 @@ impl Pool {
     /// first, so no event can outrun it). Blocks, GIL released, while the
     /// backlog is full and `respect_bound` is set. Returns False once the
     /// pool is closed. `memory_limit`: bytes the task's process tree may add.
-    #[pyo3(signature = (task_id, payload, priority, timeout, respect_bound, memory_limit=None))]
+    /// `segment`: where the task's large buffers are (`lend_segment`); the
+    /// task takes it over.
+    #[pyo3(signature = (
+        task_id, payload, priority, timeout, respect_bound, memory_limit=None, segment=None,
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -159,8 +165,10 @@ impl Pool {
         timeout: Option<f64>,
         respect_bound: bool,
         memory_limit: Option<u64>,
+        segment: Option<&Bound<'_, Segment>>,
     ) -> PyResult<bool> {
         let mut task = self.task(task_id, payload, priority, timeout, memory_limit)?;
+        task.segment = segment.and_then(|s| s.get().take());
         loop {
             match self.shared.backlog.push(task, respect_bound) {
                 Ok(()) => {
@@ -181,7 +189,9 @@ impl Pool {
     /// `submit` for a caller that must never block (an asyncio event loop):
     /// a `SubmitReply` (exported as `SUBMIT_*`). A full backlog queues
     /// nothing: arm a `RoomSignal` with `notify_when_room`, then try again.
-    #[pyo3(signature = (task_id, payload, priority, timeout, memory_limit=None))]
+    /// A `segment` stays with the caller unless the task is accepted.
+    #[pyo3(signature = (task_id, payload, priority, timeout, memory_limit=None, segment=None))]
+    #[allow(clippy::too_many_arguments)]
     fn try_submit(
         &self,
         task_id: u64,
@@ -189,8 +199,10 @@ impl Pool {
         priority: u64,
         timeout: Option<f64>,
         memory_limit: Option<u64>,
+        segment: Option<&Bound<'_, Segment>>,
     ) -> PyResult<u8> {
-        let task = self.task(task_id, payload, priority, timeout, memory_limit)?;
+        let mut task = self.task(task_id, payload, priority, timeout, memory_limit)?;
+        task.segment = segment.and_then(|s| s.get().take());
         let reply = match self.shared.backlog.push(task, true) {
             Ok(()) => {
                 self.accepted();
@@ -198,6 +210,9 @@ impl Pool {
             }
             Err(PushError::Full(task)) => {
                 self.shared.buffers.give(task.payload);
+                if let (Some(lease), Some(segment)) = (task.segment, segment) {
+                    segment.get().put_back(lease);
+                }
                 SubmitReply::Full
             }
             Err(PushError::Closed) => SubmitReply::Closed,
@@ -285,6 +300,21 @@ impl Pool {
         }
     }
 
+    /// A segment of at least `nbytes` for a task's large buffers, or None:
+    /// the pool's cap on shared memory would be passed now, or no segment
+    /// could be made. Either way the buffers go through the pipe instead.
+    fn lend_segment(&self, nbytes: u64) -> Option<Segment> {
+        self.shared.segments.lend(nbytes).ok().map(Segment::new)
+    }
+
+    /// Bytes of buffers that went through shared memory (either way).
+    fn note_shared_bytes(&self, nbytes: u64) {
+        self.shared
+            .stats
+            .bytes_through_shared_memory
+            .fetch_add(nbytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn clear_workers(&self) {
         let _ = self.commands.send(Command::ClearWorkers);
         self.shared.waker.wake();
@@ -330,6 +360,7 @@ impl Pool {
             payload: self.shared.buffers.copy_of(payload),
             timeout,
             memory_limit,
+            segment: None,
         })
     }
 

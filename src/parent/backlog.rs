@@ -9,6 +9,7 @@
 
 use crate::os::sync::lock;
 use crate::parent::room::RoomSignal;
+use crate::parent::segments::Lease;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -22,6 +23,8 @@ pub struct Task {
     /// How far the task's process tree may grow, in bytes (see
     /// os/tree_memory.rs); `None` for no limit.
     pub memory_limit: Option<u64>,
+    /// Where its large buffers are (parent/segments.rs), if they are shared.
+    pub segment: Option<Lease>,
 }
 
 #[derive(Debug)]
@@ -200,6 +203,7 @@ mod tests {
             payload: vec![id as u8],
             timeout: None,
             memory_limit: None,
+            segment: None,
         }
     }
 

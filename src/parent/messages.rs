@@ -2,6 +2,7 @@
 //! completion thread. Everything here is plain data: no Python objects cross
 //! into the supervisor.
 
+use crate::parent::segments::Lease;
 use crossbeam_channel::Sender;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -97,6 +98,8 @@ impl Death {
 pub enum Outcome {
     /// The pickled return value.
     Returned(Vec<u8>),
+    /// The same, its large buffers in a segment (the body says where).
+    ReturnedShared(Vec<u8>, Lease),
     /// The pickled `(exception or None, repr, traceback text)`.
     Raised(Vec<u8>),
     /// A memory-limited task raised `MemoryError` (pickled as `Raised`);

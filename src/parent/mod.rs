@@ -8,6 +8,7 @@ pub mod deadline;
 pub mod killer;
 pub mod messages;
 pub mod room;
+pub mod segments;
 pub mod stats;
 pub mod supervisor;
 pub mod waker;

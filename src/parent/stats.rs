@@ -17,6 +17,7 @@ pub struct Stats {
     pub tasks_timed_out: AtomicU64,
     pub tasks_over_memory_limit: AtomicU64,
     pub worker_processes_killed_by_signal: AtomicU64,
+    pub bytes_through_shared_memory: AtomicU64,
 }
 
 /// A census of the live workers, published after every change.
@@ -41,7 +42,7 @@ impl Stats {
     }
 
     /// The original's eight keys in its order, then ours.
-    pub fn snapshot(&self) -> [(&'static str, u64); 11] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 12] {
         [
             ("tasks_received", self.tasks_received.load(Relaxed)),
             ("tasks_launched", self.tasks_launched.load(Relaxed)),
@@ -74,6 +75,10 @@ impl Stats {
             (
                 "worker_processes_killed_by_signal",
                 self.worker_processes_killed_by_signal.load(Relaxed),
+            ),
+            (
+                "bytes_through_shared_memory",
+                self.bytes_through_shared_memory.load(Relaxed),
             ),
         ]
     }

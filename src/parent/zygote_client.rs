@@ -7,7 +7,7 @@
 //! process; "spawn" starts one fresh zygote per worker (a new interpreter for
 //! each) and "fork" makes the per-worker zygote by forking the parent.
 //!
-//! A request is one message on the zygote's control socket carrying three file
+//! A request is one message on the zygote's control socket carrying four file
 //! descriptors (see wire/request.rs). The zygote answers on the status pipe
 //! with the worker's pid and, once it has reaped the worker, its real wait
 //! status (wire/status.rs). The control socket is also the zygote's lifeline:
@@ -21,6 +21,7 @@
 //! on a socket buffer that holds thousands, and the preparation data is sent
 //! once, to a zygote that reads it first thing.
 
+use crate::os::fd_passing;
 use crate::os::fork_reset::ForkResetMutex;
 use crate::wire::request::{self, WORKER_REQUEST_FDS};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -49,6 +50,8 @@ pub struct WorkerChannels {
     pub task_w: File,
     pub result_r: File,
     pub status_r: File,
+    /// Carries shared-memory segments both ways (os/fd_passing.rs).
+    pub segments: OwnedFd,
 }
 
 pub struct Zygote {
@@ -171,6 +174,7 @@ pub fn request_worker(control: std::os::fd::BorrowedFd<'_>) -> io::Result<Worker
     let (task_r, task_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (result_r, result_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC)?;
+    let (segments, segments_theirs) = fd_passing::pair()?;
     for fd in [&task_w, &result_r] {
         // Best effort: a smaller pipe only costs extra wake-ups.
         let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(PIPE_CAPACITY));
@@ -179,16 +183,18 @@ pub fn request_worker(control: std::os::fd::BorrowedFd<'_>) -> io::Result<Worker
         task_r.as_raw_fd(),
         result_w.as_raw_fd(),
         status_w.as_raw_fd(),
+        segments_theirs.as_raw_fd(),
     ];
     request::send_worker_request(control, fds)?;
-    drop((task_r, result_w, status_w));
-    for fd in [&task_w, &result_r, &status_r] {
+    drop((task_r, result_w, status_w, segments_theirs));
+    for fd in [&task_w, &result_r, &status_r, &segments] {
         set_nonblocking(fd)?;
     }
     Ok(WorkerChannels {
         task_w: File::from(task_w),
         result_r: File::from(result_r),
         status_r: File::from(status_r),
+        segments,
     })
 }
 

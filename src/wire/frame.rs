@@ -23,15 +23,25 @@ wire_codes! {
     ///
     /// Pool -> worker: `Config`, the pickled worker settings (the first frame
     /// a worker reads); `Task`, a pickled `(fn, args, kwargs)`; `Retire`, run
-    /// the finalizer and atexit handlers, then exit.
+    /// the finalizer and atexit handlers, then exit;
+    ///
+    /// `TaskShared`, a task whose large buffers are in a shared-memory
+    /// segment, sent (os/fd_passing.rs) just before this frame.
     ///
     /// Worker -> pool: `Ready`, initialised and waiting (the body is its pid,
     /// u32 LE); `Ok`, the pickled return value; `Err`, the pickled exception
     /// and its traceback text; `ErrMemory`, the same for a memory-limited
     /// task that raised `MemoryError` (the pool replaces the worker, whose
-    /// heap may be in any state after that).
+    /// heap may be in any state after that); `OkShared`, a return value whose
+    /// large buffers the worker wrote into its task's own segment;
+    /// `OkSegment`, one whose buffers are in a segment the worker made and
+    /// sent just before this frame.
+    ///
+    /// The bodies of shared frames start with the layout of their buffers in
+    /// the segment (python/deadpool/_payload.py writes and reads it).
     pub enum Tag: u8 {
-        Config = 1, Task = 2, Retire = 3, Ready = 10, Ok = 11, Err = 12, ErrMemory = 13,
+        Config = 1, Task = 2, Retire = 3, TaskShared = 4,
+        Ready = 10, Ok = 11, Err = 12, ErrMemory = 13, OkShared = 14, OkSegment = 15,
     }
 }
 

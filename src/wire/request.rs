@@ -2,8 +2,8 @@
 //! preparation data (a little-endian `u64` length, then the pickled
 //! `multiprocessing.spawn` preparation); then one worker request per worker,
 //! the bytes [`WORKER_REQUEST`] carrying [`WORKER_REQUEST_FDS`] descriptors
-//! (the worker's task pipe read end, result pipe write end and status pipe
-//! write end) as `SCM_RIGHTS`; and [`RELEASE_SPARE`], without descriptors,
+//! (the worker's task pipe read end, result pipe write end, status pipe
+//! write end and its end of the segment socket) as `SCM_RIGHTS`; and [`RELEASE_SPARE`], without descriptors,
 //! when the last pool that could need the zygote's spare child is gone.
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
@@ -11,7 +11,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 pub const WORKER_REQUEST: [u8; 8] = *b"WORKER\0\0";
-pub const WORKER_REQUEST_FDS: usize = 3;
+pub const WORKER_REQUEST_FDS: usize = 4;
 /// As long as a worker request, so the zygote reads either the same way.
 pub const RELEASE_SPARE: [u8; 8] = *b"NOSPARE\0";
 

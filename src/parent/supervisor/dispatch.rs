@@ -6,7 +6,6 @@ use super::Supervisor;
 use crate::parent::deadline;
 use crate::parent::messages::Event;
 use crate::parent::stats::Stats;
-use crate::wire::frame::{PendingWrite, Tag};
 use std::time::Instant;
 
 impl Supervisor {
@@ -42,7 +41,7 @@ impl Supervisor {
                 task_id: task.id,
                 pid: worker.pid_or_zero(),
             });
-            if !worker.send(PendingWrite::new(Tag::Task, task.id, task.payload)) {
+            if !worker.send_task(task.id, task.payload, task.segment) {
                 broken.push(*worker_id);
             }
         }

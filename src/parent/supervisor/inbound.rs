@@ -69,8 +69,23 @@ impl Supervisor {
                     Tag::Ok => Outcome::Returned(frame.body),
                     _ => Outcome::Raised(frame.body),
                 };
+                // It has read its arguments and written its answer.
+                worker.lent = None;
                 self.finish_task(task_id, outcome);
                 self.after_task(worker_id);
+            }
+            (Tag::OkShared | Tag::OkSegment, &State::Busy { task_id, .. })
+                if frame.id == task_id =>
+            {
+                let segment = worker.result_segment(frame.tag, task_id);
+                worker.lent = None;
+                match segment {
+                    Ok(segment) => {
+                        self.finish_task(task_id, Outcome::ReturnedShared(frame.body, segment));
+                        self.after_task(worker_id);
+                    }
+                    Err(detail) => self.protocol_broken(worker_id, &detail),
+                }
             }
             (
                 Tag::ErrMemory,
@@ -81,13 +96,17 @@ impl Supervisor {
                 let task_id = *task_id;
                 let limit = memory.as_ref().map_or(0, |watch| watch.limit);
                 // Its heap may be anything after a MemoryError: replace it.
+                worker.lent = None;
                 worker.tasks_done += 1;
                 worker.retire();
                 self.finish_task(task_id, Outcome::OverMemory(frame.body, limit));
             }
             // A result racing with our kill (timeout, memory, cancel): the
             // kill decided the outcome.
-            (Tag::Ok | Tag::Err | Tag::ErrMemory, State::Killed | State::Lost { .. }) => {}
+            (
+                Tag::Ok | Tag::Err | Tag::ErrMemory | Tag::OkShared | Tag::OkSegment,
+                State::Killed | State::Lost { .. },
+            ) => {}
             (tag, _) => self.protocol_broken(worker_id, &format!("unexpected {tag:?} frame")),
         }
     }

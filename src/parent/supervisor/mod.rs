@@ -51,6 +51,7 @@ use crate::parent::buffers::BufferPool;
 use crate::parent::deadline;
 use crate::parent::killer::Killer;
 use crate::parent::messages::{Command, Event, Outcome};
+use crate::parent::segments::SegmentPool;
 use crate::parent::stats::{Census, Stats};
 use crate::parent::waker::Waker;
 use crate::parent::zygote_client::{self, Zygote, ZygoteLaunch};
@@ -91,16 +92,20 @@ pub struct Settings {
 /// What the Python-facing side and the supervisor both hold.
 pub struct Shared {
     pub backlog: Backlog,
-    pub waker: Waker,
+    pub waker: Arc<Waker>,
     pub stats: Stats,
     pub buffers: Arc<BufferPool>,
+    pub segments: Arc<SegmentPool>,
 }
 
 impl Shared {
-    pub fn new(max_backlog: usize) -> std::io::Result<Shared> {
+    /// `shared_memory_cap`: bytes of segments lent out at once, at most.
+    pub fn new(max_backlog: usize, shared_memory_cap: u64) -> std::io::Result<Shared> {
+        let waker = Arc::new(Waker::new()?);
         Ok(Shared {
             backlog: Backlog::new(max_backlog),
-            waker: Waker::new()?,
+            segments: SegmentPool::new(shared_memory_cap, Some(Arc::clone(&waker))),
+            waker,
             stats: Stats::default(),
             buffers: Arc::new(BufferPool::new()),
         })
@@ -125,6 +130,8 @@ pub struct Supervisor {
     /// When to look at the memory of the memory-limited tasks' trees next;
     /// `None` while no such task runs (then nothing is polled).
     memory_check_at: Option<Instant>,
+    /// When the next free shared-memory segment is due to be freed.
+    segment_expiry: Option<Instant>,
     /// The last `ppoll` found the wake-up fd readable.
     woken: bool,
     /// Dead shared zygotes wait to be reaped (see zygote_client.rs).
@@ -158,6 +165,7 @@ impl Supervisor {
             pool_zygote,
             fork_in_flight: false,
             memory_check_at: None,
+            segment_expiry: None,
             woken: false,
             graveyard_pending: false,
             killer: Arc::new(killer),
@@ -180,6 +188,7 @@ impl Supervisor {
             self.reap_zygotes();
             self.maintain_workers();
             self.dispatch();
+            self.segment_expiry = self.shared.segments.expire(now);
             self.publish_census();
             self.send_events();
             if self.finished() {
@@ -194,6 +203,10 @@ impl Supervisor {
             self.zygotes_to_reap.push(zygote);
         }
         self.wait_for_zygotes();
+        self.workers.clear();
+        // The pool's memory goes with it; results still on their way to
+        // Python free theirs as they are read.
+        self.shared.segments.close();
     }
 
     /// The completion thread forwards these to the `deadpool` logger.
@@ -238,6 +251,7 @@ impl Supervisor {
         deadlines
             .chain(self.spawn_blocked_until)
             .chain(self.memory_check_at)
+            .chain(self.segment_expiry)
             .chain(reap)
             .collect()
     }

@@ -26,7 +26,7 @@ impl Supervisor {
             }
         };
         Stats::add(&self.shared.stats.worker_processes_created);
-        let mut worker = Worker::new(channels, zygote, &self.shared.buffers, &self.killer);
+        let mut worker = Worker::new(channels, zygote, &self.shared, &self.killer);
         match &self.settings.static_config {
             Some(config) => {
                 worker.send_config(config.clone());

@@ -14,8 +14,12 @@
 
 use super::memory::MemoryWatch;
 use super::policy::RETIRE_GRACE;
+use super::Shared;
+use crate::os::fd_passing;
+use crate::os::segment::Segment;
 use crate::parent::buffers::BufferPool;
 use crate::parent::killer::Killer;
+use crate::parent::segments::{Lease, SegmentPool};
 use crate::parent::zygote_client::{WorkerChannels, Zygote};
 use crate::wire::frame::{FrameReader, PendingWrite, ReadOutcome, Tag, MAX_BODY_LEN};
 use crate::wire::status::StatusDecoder;
@@ -23,6 +27,7 @@ use nix::sys::signal::Signal;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -89,6 +94,8 @@ pub struct Pipes {
     /// Closed without an exit record, this means the zygote died: the
     /// worker itself may live on, orphaned.
     pub status_r: Option<File>,
+    /// Segments go to the worker and come back on this socket.
+    pub segments: OwnedFd,
     pub zygote: Zygotes,
 }
 
@@ -123,8 +130,13 @@ pub struct Worker {
     pub status: StatusDecoder,
     /// Frames not yet (fully) written to the task pipe.
     pub unsent: VecDeque<PendingWrite>,
+    /// The segment of the task it runs or ran last. It goes back to the pool
+    /// only once the worker is done with it: when it has answered, or when it
+    /// has exited (a killed worker may still be writing until it is reaped).
+    pub lent: Option<Lease>,
     /// Where written task payloads go back for reuse.
     buffers: Arc<BufferPool>,
+    segment_pool: Arc<SegmentPool>,
     killer: Arc<Killer>,
 }
 
@@ -132,7 +144,7 @@ impl Worker {
     pub fn new(
         channels: WorkerChannels,
         zygote: Zygotes,
-        buffers: &Arc<BufferPool>,
+        shared: &Shared,
         killer: &Arc<Killer>,
     ) -> Worker {
         Worker {
@@ -140,6 +152,7 @@ impl Worker {
                 task_w: channels.task_w,
                 result_r: Some(channels.result_r),
                 status_r: Some(channels.status_r),
+                segments: channels.segments,
                 zygote,
             },
             state: State::Starting {
@@ -152,10 +165,12 @@ impl Worker {
             max_rss: None,
             signalled_by_pool: false,
             tasks_done: 0,
-            reader: FrameReader::with_buffers(MAX_BODY_LEN, Arc::clone(buffers)),
+            reader: FrameReader::with_buffers(MAX_BODY_LEN, Arc::clone(&shared.buffers)),
             status: StatusDecoder::default(),
             unsent: VecDeque::new(),
-            buffers: Arc::clone(buffers),
+            lent: None,
+            buffers: Arc::clone(&shared.buffers),
+            segment_pool: Arc::clone(&shared.segments),
             killer: Arc::clone(killer),
         }
     }
@@ -312,6 +327,40 @@ impl Worker {
         self.unsent
             .push_front(PendingWrite::new(Tag::Config, 0, config));
         self.flush()
+    }
+
+    /// Sends a task, its segment (if any) first; false when the worker is gone.
+    pub fn send_task(&mut self, id: u64, payload: Vec<u8>, segment: Option<Lease>) -> bool {
+        let tag = match segment.as_ref().and_then(Lease::segment) {
+            Some(shared) => {
+                if fd_passing::send_fd(self.pipes.segments.as_fd(), id, shared.fd()).is_err() {
+                    return false;
+                }
+                Tag::TaskShared
+            }
+            None => Tag::Task,
+        };
+        self.lent = segment;
+        self.send(PendingWrite::new(tag, id, payload))
+    }
+
+    /// Where the large buffers of task `id`'s result are: its own segment
+    /// (`OkShared`) or the one the worker sent with it (`OkSegment`).
+    pub fn result_segment(&mut self, tag: Tag, id: u64) -> Result<Lease, String> {
+        if tag == Tag::OkShared {
+            return self
+                .lent
+                .take()
+                .ok_or_else(|| "a shared result for a task without a segment".to_string());
+        }
+        match fd_passing::recv_fd(self.pipes.segments.as_fd(), false) {
+            Ok(Some((sent_for, fd))) if sent_for == id => Segment::adopt(fd)
+                .map(|segment| self.segment_pool.adopt(segment))
+                .map_err(|e| format!("an unreadable result segment: {e}")),
+            Ok(Some((sent_for, _))) => Err(format!("a segment for task {sent_for}")),
+            Ok(None) => Err("a result segment that never came".to_string()),
+            Err(e) => Err(format!("a broken segment socket: {e}")),
+        }
     }
 
     pub fn send(&mut self, frame: PendingWrite) -> bool {
