@@ -31,6 +31,14 @@ METRICS = {
         Metric("mib_s_each_way", "MiB/s each way", "up", True),
         Metric("cpu_ms_per_task", "parent CPU ms/task", "down"),
     ],
+    "payload-64m": [
+        Metric("mib_s_each_way", "MiB/s each way", "up", True),
+        Metric("cpu_ms_per_task", "parent CPU ms/task", "down"),
+    ],
+    "numpy": [
+        Metric("mb_s_each_way", "MB/s each way", "up", True),
+        Metric("cpu_ms_per_task", "parent CPU ms/task", "down"),
+    ],
     "timeouts": [
         Metric("wall_s", "wall s", "down"),
         Metric("ideal_s", "ideal s"),
@@ -66,6 +74,8 @@ BUILD_METRICS = {
     "throughput": ["tasks_per_s", "cpu_us_per_task"],
     "latency": ["median_us", "p99_us"],
     "payload": ["mib_s_each_way", "cpu_ms_per_task"],
+    "payload-64m": ["mib_s_each_way", "cpu_ms_per_task"],
+    "numpy": ["mb_s_each_way", "cpu_ms_per_task"],
 }
 
 # Result fields that are not numbers but worth a note under the table.
@@ -207,7 +217,7 @@ def workload_section(workload, description, per_impl):
         values = values or [cell(outcomes, m.key) for m in metrics]
         rows.append([impl, status(outcomes), *values])
     parts = [f"### {workload}", "", description, "", table(header, rows)]
-    notes = _notes(workload, per_impl)
+    notes = _notes(workload, per_impl) + _numpy_versions(per_impl)
     if notes:
         parts += ["", *notes]
     return "\n".join(parts)
@@ -228,6 +238,20 @@ def _notes(workload, per_impl):
         for text, n in seen.items():
             lines.append(f"- {impl} ({n}/{len(outcomes)} runs): {text}")
     return lines
+
+
+def _numpy_versions(per_impl):
+    """Which numpy each interpreter had, in one line when they agree."""
+    versions = {}
+    for impl, outcomes in per_impl.items():
+        seen = [o.result["numpy"] for o in outcomes if o.status == "ok" and "numpy" in o.result]
+        if seen:
+            versions[impl] = seen[0]
+    if not versions:
+        return []
+    if len(set(versions.values())) == 1:
+        return [f"- numpy {next(iter(versions.values()))} in every interpreter that ran it"]
+    return ["- numpy versions differ: " + ", ".join(f"{i} {v}" for i, v in versions.items())]
 
 
 def ratio_section(results, baseline, title):
