@@ -111,8 +111,12 @@ def stress(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Compare deadpool with its peers (benchmarks/run.py manages their environments)."""
-    session.install(_wheel(session))
+    """Compare deadpool with its peers (benchmarks/run.py manages their environments).
+
+    numpy is for the numpy workload only, never a dependency of deadpool; the
+    peers' venvs get it from benchmarks/envs.py, this one (ours and the stdlib's) here.
+    """
+    session.install(_wheel(session), "numpy")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 

@@ -1,10 +1,12 @@
 """The interpreters the implementations run in.
 
 "ours" is the interpreter running run.py (it has our deadpool; the stdlib pools
-run there too). The peers and the original come from PyPI into two venvs under
-benchmarks/, made with the same Python so every implementation runs on the same
-interpreter version. The original is alone in its venv because its import name
-is also ``deadpool``; so is the --baseline build of ours, in a third venv.
+run there too). The peers (pebble, loky, joblib) and the original come from
+PyPI into two venvs under benchmarks/, made with the same Python so every
+implementation runs on the same interpreter version. The original is alone in
+its venv because its import name is also ``deadpool``; so is the --baseline
+build of ours, in a third venv. Every venv also gets numpy, for the numpy
+workload; the calling interpreter gets it from ``nox -s bench``.
 """
 
 import hashlib
@@ -26,9 +28,18 @@ class Venv:
     key: str = ""  # what else it was built from, beyond the requirements
 
 
+# The numpy workload's array library, in every venv (the calling interpreter
+# gets it from ``nox -s bench``): a benchmark-only dependency, never deadpool's.
+EXTRAS = ["numpy"]
 VENVS = {
-    "peers": Venv(HERE / ".venv-peers", ["pebble", "loky"], "import pebble, loky"),
-    "original": Venv(HERE / ".venv-original", ["deadpool-executor"], "import deadpool"),
+    "peers": Venv(
+        HERE / ".venv-peers",
+        ["pebble", "loky", "joblib", *EXTRAS],
+        "import pebble, loky, joblib, numpy",
+    ),
+    "original": Venv(
+        HERE / ".venv-original", ["deadpool-executor", *EXTRAS], "import deadpool, numpy"
+    ),
 }
 # Imports our deadpool, the one with the native core, and not the original.
 OURS_PROBE = "import deadpool, deadpool._core; deadpool.Deadpool"
@@ -81,7 +92,9 @@ def add_baseline(wheel_or_dir, log):
         sys.exit(f"--baseline: {wheel_or_dir} is neither a wheel nor a source directory")
     # The content, not the path: a wheel rebuilt in place must be reinstalled.
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    VENVS["baseline"] = Venv(HERE / ".venv-baseline", [str(wheel)], OURS_PROBE, digest)
+    VENVS["baseline"] = Venv(
+        HERE / ".venv-baseline", [str(wheel), *EXTRAS], f"{OURS_PROBE}; import numpy", digest
+    )
     return f"{wheel.name} (sha256 {digest[:12]})"
 
 
@@ -116,5 +129,15 @@ def ours_importable():
 
     Checked in a subprocess so run.py itself never imports a pool library.
     """
-    check = subprocess.run([sys.executable, "-c", OURS_PROBE], capture_output=True, cwd=HERE)
+    return _importable_here(OURS_PROBE)
+
+
+def extras_importable():
+    """Whether the calling interpreter has numpy, for the numpy workload of the
+    implementations that run in it (ours and the stdlib's)."""
+    return _importable_here("import numpy")
+
+
+def _importable_here(probe):
+    check = subprocess.run([sys.executable, "-c", probe], capture_output=True, cwd=HERE)
     return check.returncode == 0

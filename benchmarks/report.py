@@ -4,7 +4,7 @@ ratio tables, the issue's targets, and the "Where the time goes" section."""
 import statistics
 from dataclasses import dataclass
 
-from adapters import BASELINE, BUILD_SUFFIX, IMPLS, ORIGINAL
+from adapters import BASELINE, BUILD_SUFFIX, IMPLS, JOBLIB, ORIGINAL
 
 DASH = "\N{EN DASH}"
 
@@ -29,6 +29,14 @@ METRICS = {
     ],
     "payload": [
         Metric("mib_s_each_way", "MiB/s each way", "up", True),
+        Metric("cpu_ms_per_task", "parent CPU ms/task", "down"),
+    ],
+    "payload-64m": [
+        Metric("mib_s_each_way", "MiB/s each way", "up", True),
+        Metric("cpu_ms_per_task", "parent CPU ms/task", "down"),
+    ],
+    "numpy": [
+        Metric("mb_s_each_way", "MB/s each way", "up", True),
         Metric("cpu_ms_per_task", "parent CPU ms/task", "down"),
     ],
     "timeouts": [
@@ -66,6 +74,8 @@ BUILD_METRICS = {
     "throughput": ["tasks_per_s", "cpu_us_per_task"],
     "latency": ["median_us", "p99_us"],
     "payload": ["mib_s_each_way", "cpu_ms_per_task"],
+    "payload-64m": ["mib_s_each_way", "cpu_ms_per_task"],
+    "numpy": ["mb_s_each_way", "cpu_ms_per_task"],
 }
 
 # Result fields that are not numbers but worth a note under the table.
@@ -81,8 +91,9 @@ class Target:
     key: str
     impl: str
     baseline: str  # "" for an absolute goal
-    op: str  # ">=" or "<="
+    op: str  # ">=", ">" or "<="
     goal: float
+    issue: int = 5
 
 
 def _throughput_targets():
@@ -108,7 +119,24 @@ TARGETS = [
     Target("startup cold vs original", "startup", "cold_ms", "deadpool", ORIGINAL, "<=", 0.3),
     Target("startup warm vs original", "startup", "warm_ms", "deadpool", ORIGINAL, "<=", 0.3),
     Target("idle PSS vs original", "memory", "pss_mib", "deadpool", ORIGINAL, "<=", 0.5),
+    *(
+        Target(label, workload, key, "deadpool", baseline, op, goal, issue=12)
+        for label, workload, key, baseline, op, goal in [
+            ("64 MiB each way, MiB/s", "payload-64m", "mib_s_each_way", "", ">=", 2048),
+            ("64 MiB each way vs PPE", "payload-64m", "mib_s_each_way", BASELINE, ">=", 10),
+            ("1 MiB each way, MiB/s", "payload", "mib_s_each_way", "", ">=", 1024),
+            ("numpy 100 MB each way vs PPE", "numpy", "mb_s_each_way", BASELINE, ">=", 10),
+            ("numpy 100 MB each way vs joblib", "numpy", "mb_s_each_way", JOBLIB, ">", 1),
+            ("no-op parent CPU µs/task", "throughput", "cpu_us_per_task", "", "<=", 15),
+            ("no-op throughput vs PPE", "throughput", "tasks_per_s", BASELINE, ">=", 10),
+            ("latency median vs PPE", "latency", "median_us", BASELINE, "<=", 0.2),
+        ]
+    ),
 ]
+ISSUES = {
+    5: "issue 5: benchmarks side by side with the peers, and the targets to reach",
+    12: "issue 12: payloads at memory speed, a cheaper path for tiny tasks",
+}
 
 TIME_SPLIT_HEADING = "## Where the time goes"
 TIME_SPLIT_TEMPLATE = f"""{TIME_SPLIT_HEADING}
@@ -207,7 +235,7 @@ def workload_section(workload, description, per_impl):
         values = values or [cell(outcomes, m.key) for m in metrics]
         rows.append([impl, status(outcomes), *values])
     parts = [f"### {workload}", "", description, "", table(header, rows)]
-    notes = _notes(workload, per_impl)
+    notes = _notes(workload, per_impl) + _numpy_versions(per_impl)
     if notes:
         parts += ["", *notes]
     return "\n".join(parts)
@@ -228,6 +256,20 @@ def _notes(workload, per_impl):
         for text, n in seen.items():
             lines.append(f"- {impl} ({n}/{len(outcomes)} runs): {text}")
     return lines
+
+
+def _numpy_versions(per_impl):
+    """Which numpy each interpreter had, in one line when they agree."""
+    versions = {}
+    for impl, outcomes in per_impl.items():
+        seen = [o.result["numpy"] for o in outcomes if o.status == "ok" and "numpy" in o.result]
+        if seen:
+            versions[impl] = seen[0]
+    if not versions:
+        return []
+    if len(set(versions.values())) == 1:
+        return [f"- numpy {next(iter(versions.values()))} in every interpreter that ran it"]
+    return ["- numpy versions differ: " + ", ".join(f"{i} {v}" for i, v in versions.items())]
 
 
 def ratio_section(results, baseline, title):
@@ -287,34 +329,41 @@ def _ratio_cell(results, workload, impl, key, base):
 
 
 def targets_section(results):
-    header = ["target (issue 5)", "ours", "baseline", "ratio", "goal", "met"]
-    rows = []
-    for t in TARGETS:
-        if t.impl not in results.get(t.workload, {}):
-            continue  # not part of this run (e.g. a variant in a quick run)
-        value = median(results, t.workload, t.impl, t.key)
-        base = median(results, t.workload, t.baseline, t.key) if t.baseline else None
-        if t.baseline:
-            measured = value / base if value is not None and base else None
-            goal = f"{t.op} {t.goal}x {t.baseline}"
-        else:
-            measured, goal = value, f"{t.op} {num(t.goal)}"
-        met = DASH if measured is None else _met(measured, t.op, t.goal)
-        rows.append(
-            [
-                t.label,
-                f"{num(value)} ({t.impl})",
-                num(base) if t.baseline else "",
-                ratio_text(measured) if t.baseline else "",
-                goal,
-                met,
-            ]
-        )
-    return "\n".join(["## Targets", "", table(header, rows)])
+    """One table per issue; every target of ours at the default settings unless
+    its label says otherwise."""
+    parts = ["## Targets"]
+    for issue, title in ISSUES.items():
+        rows = [_target_row(results, t) for t in TARGETS if t.issue == issue]
+        rows = [row for row in rows if row]
+        if rows:
+            header = [f"target (issue {issue})", "ours", "baseline", "ratio", "goal", "met"]
+            parts += ["", f"### {title}", "", table(header, rows)]
+    return "\n".join(parts)
+
+
+def _target_row(results, t):
+    if t.impl not in results.get(t.workload, {}):
+        return None  # not part of this run (e.g. a variant in a quick run)
+    value = median(results, t.workload, t.impl, t.key)
+    base = median(results, t.workload, t.baseline, t.key) if t.baseline else None
+    if t.baseline:
+        measured = value / base if value is not None and base else None
+        goal = f"{t.op} {t.goal}x {t.baseline}"
+    else:
+        measured, goal = value, f"{t.op} {num(t.goal)}"
+    met = DASH if measured is None else _met(measured, t.op, t.goal)
+    return [
+        t.label,
+        f"{num(value)} ({t.impl})",
+        num(base) if t.baseline else "",
+        ratio_text(measured) if t.baseline else "",
+        goal,
+        met,
+    ]
 
 
 def _met(measured, op, goal):
-    ok = measured >= goal if op == ">=" else measured <= goal
+    ok = {">=": measured >= goal, ">": measured > goal, "<=": measured <= goal}[op]
     return "yes" if ok else "**no**"
 
 

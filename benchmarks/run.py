@@ -39,6 +39,10 @@ FULL = {
     "throughput": ({"workers": 2, "tasks": 20_000}, 5, 240),
     "latency": ({"workers": 2, "round_trips": 2_000}, 5, 120),
     "payload": ({"workers": 2, "tasks": 300, "size_mib": 1}, 5, 120),
+    # Under ~20 s a run for the slowest peer: 1 GiB each way (pebble, ~120 MiB/s); 800 MB
+    # of numpy each way (the stdlib, 50-70 MB/s: numpy pickled in band, copied several times).
+    "payload-64m": ({"workers": 2, "tasks": 16, "size_mib": 64}, 3, 120),
+    "numpy": ({"workers": 2, "tasks": 8, "mb": 100}, 3, 120),
     "timeouts": (
         {"workers": 2, "tasks": 100, "sleep_s": 30, "timeout_s": 0.2, "deadline_s": 60},
         3,
@@ -52,6 +56,8 @@ QUICK = {
     "throughput": ({"workers": 2, "tasks": 1_000}, 1, 60),
     "latency": ({"workers": 2, "round_trips": 200}, 1, 60),
     "payload": ({"workers": 2, "tasks": 20, "size_mib": 1}, 1, 60),
+    "payload-64m": ({"workers": 2, "tasks": 4, "size_mib": 64}, 1, 60),
+    "numpy": ({"workers": 2, "tasks": 4, "mb": 100}, 1, 60),
     "timeouts": (
         {"workers": 2, "tasks": 4, "sleep_s": 30, "timeout_s": 0.2, "deadline_s": 15},
         1,
@@ -65,6 +71,8 @@ QUICK = {
 # Non-default settings (the backlog variants) matter where many tasks queue up.
 VARIANT_WORKLOADS = {"throughput", "payload"}
 OURS = {name for name, impl in IMPLS.items() if impl.env == "ours" and "deadpool" in name}
+# Workloads that need numpy, a benchmark-only dependency, in the implementation's interpreter.
+NUMPY_WORKLOADS = {"numpy"}
 
 
 DESCRIPTIONS = {
@@ -73,8 +81,20 @@ DESCRIPTIONS = {
     "processes).",
     "latency": "{round_trips:,} sequential submit → result round trips of a no-op task on a "
     "warm pool of {workers} workers.",
-    "payload": "{tasks} tasks, each with a {size_mib} MiB bytes argument that it returns, "
-    "{workers} workers; MiB/s each way = MiB sent one way / wall time.",
+    "payload": "{tasks} tasks, each with a {size_mib} MiB bytes argument (os.urandom) that it "
+    "returns, {workers} workers, on a warm pool after one such transfer per worker; MiB/s each "
+    "way = MiB sent one way / wall time. Checked on every result: type, length, and 8 slices of "
+    "4 KiB byte for byte (the first, the last, six at offsets that vary per task).",
+    "payload-64m": "",  # the same text as payload's, filled in below
+    "numpy": "{tasks} tasks, each with a float64 array of {mb} MB (10^6 bytes) that it returns "
+    "as received (the task is `return arg`), {workers} workers, on a warm pool after one such "
+    "transfer per worker; MB/s each way = MB sent one way / wall time. Checked on every result: "
+    "ndarray, shape, dtype, the first and last 1,000 elements and every 4,099th element (from an "
+    "offset that varies per task) equal to the sender's. joblib-memmap: each batch is one "
+    "joblib.Parallel call (loky backend, n_jobs={workers}, max_nbytes='1M'), its loky executor "
+    "kept warm from the warm-up calls; the argument goes out as a memmap in /dev/shm (dumped "
+    "once per call, hashed per task), the result comes back pickled, as joblib does for its own "
+    "memmaps. Parent CPU includes that hashing.",
     "timeouts": "{tasks} tasks sleeping {sleep_s} s with a {timeout_s} s per-task timeout, "
     "{workers} workers. Ideal wall = ceil(tasks / workers) x timeout; lost per timeout = "
     "(wall - ideal) x workers / tasks; overshoot = when the future resolved - (when the task "
@@ -88,6 +108,7 @@ DESCRIPTIONS = {
     "memory": "Total PSS (/proc/<pid>/smaps_rollup) of every descendant process of the "
     "driver, for an idle pool of {workers} workers after a warm-up task on each.",
 }
+DESCRIPTIONS["payload-64m"] = DESCRIPTIONS["payload"]
 
 
 def log(message):
@@ -109,7 +130,7 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def plan(args, ours_ok):
+def plan(args, ours_ok, numpy_ok):
     """The workloads (with parameters, reps, deadline) and implementations to run."""
     config = QUICK if args.quick else FULL
     workloads = args.workloads.split(",") if args.workloads else list(config)
@@ -121,6 +142,9 @@ def plan(args, ours_ok):
         sys.exit("the -baseline implementations need --baseline WHEEL_OR_DIR")
     if not ours_ok:
         log("WARNING: our deadpool is not importable here; its rows say 'not installed'")
+    if not numpy_ok and NUMPY_WORKLOADS & set(workloads):
+        log("WARNING: numpy is not importable here; on the numpy workload, ours and the stdlib's")
+        log("         rows say 'numpy not installed' (nox -s bench installs it)")
     steps = {}
     for w in workloads:
         params, reps, deadline = config[w]
@@ -139,12 +163,16 @@ def impls_for(workload, impls, variants):
     return [i for i in impls if wanted or not IMPLS[i].variant]
 
 
-def skip_reason(impl, workload, ours_ok):
+def skip_reason(impl, workload, ours_ok, numpy_ok):
     """Why a run needs no subprocess at all, or None."""
     if impl in OURS and not ours_ok:
         return "not installed"
+    if IMPLS[impl].only and workload not in IMPLS[impl].only:
+        return "n/a"
     if workload == "timeouts" and not IMPLS[impl].factory().timeouts:
         return "n/a"
+    if workload in NUMPY_WORKLOADS and IMPLS[impl].env == "ours" and not numpy_ok:
+        return "numpy not installed"
     return None
 
 
@@ -156,7 +184,7 @@ def driver_env():
     return env
 
 
-def run_all(steps, impls, ours_ok, variants):
+def run_all(steps, impls, ours_ok, numpy_ok, variants):
     results = {w: {} for w in steps}
     total = sum(reps * len(impls_for(w, impls, variants)) for w, (_, reps, _) in steps.items())
     done = 0
@@ -168,7 +196,7 @@ def run_all(steps, impls, ours_ok, variants):
             order = chosen[rep % len(chosen) :] + chosen[: rep % len(chosen)]
             for impl in order:
                 done += 1
-                outcome = run_one(impl, workload, params, deadline, ours_ok)
+                outcome = run_one(impl, workload, params, deadline, ours_ok, numpy_ok)
                 results[workload].setdefault(impl, []).append(outcome)
                 log(progress(done, total, workload, rep, reps, impl, outcome))
         # Keep the table in catalogue order, whatever order the runs took.
@@ -176,8 +204,8 @@ def run_all(steps, impls, ours_ok, variants):
     return results
 
 
-def run_one(impl, workload, params, deadline, ours_ok):
-    reason = skip_reason(impl, workload, ours_ok)
+def run_one(impl, workload, params, deadline, ours_ok, numpy_ok):
+    reason = skip_reason(impl, workload, ours_ok, numpy_ok)
     if reason:
         return launch.Outcome(reason)
     python = envs.python_for(IMPLS[impl].env, log)
@@ -276,14 +304,15 @@ def main(argv=None):
     # SIGTERM (nox, CI) should clean up like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     ours_ok = envs.ours_importable()
-    steps, impls = plan(args, ours_ok)
+    numpy_ok = envs.extras_importable()
+    steps, impls = plan(args, ours_ok, numpy_ok)
     baseline = describe_baseline(args.baseline) if args.baseline else None
     for env in sorted({IMPLS[i].env for i in impls} - {"ours"}):
         envs.ensure(env, log)
     try:
         # Quick runs skip the backlog variants unless they were asked for by name.
         variants = not args.quick or bool(args.impls)
-        results = run_all(steps, impls, ours_ok, variants)
+        results = run_all(steps, impls, ours_ok, numpy_ok, variants)
     finally:
         launch.sweep(0.0)  # a KeyboardInterrupt may have left a driver's tree
     time_split = report.TIME_SPLIT_TEMPLATE

@@ -8,6 +8,7 @@ it measured.
 
 import math
 import os
+import random
 import shutil
 import statistics
 import tempfile
@@ -34,6 +35,9 @@ class Bench:
     def submit(self, pool, fn, *args, timeout=None):
         return self.adapter.submit(pool, fn, *args, timeout=timeout)
 
+    def batch(self, pool, fn, arg_tuples):
+        return self.adapter.batch(pool, fn, arg_tuples)
+
     def close(self, pool):
         self.pools.remove(pool)
         self.adapter.shutdown(pool)
@@ -52,12 +56,11 @@ def warm_up(bench, pool, workers, hold=0.05, attempts=5):
     """
     pids = set()
     for _ in range(attempts):
-        futures = [bench.submit(pool, tasks.sleep_then_pid, hold) for _ in range(workers)]
-        pids.update(f.result() for f in futures)
+        pids.update(bench.batch(pool, tasks.sleep_then_pid, [(hold,)] * workers))
         if len(pids) >= workers:
             break
     for _ in range(20):
-        bench.submit(pool, tasks.noop).result()
+        list(bench.batch(pool, tasks.noop, [()]))
     return pids
 
 
@@ -109,22 +112,78 @@ def latency(bench, p):
 
 
 def payload(bench, p):
-    pool = bench.make(p["workers"])
-    warm_up(bench, pool, p["workers"])
+    """``size_mib`` MiB of random bytes to every task, which returns them."""
+    workers, n = p["workers"], p["tasks"]
+    pool = bench.make(workers)
+    warm_up(bench, pool, workers)
     data = os.urandom(p["size_mib"] * MIB)
-    bench.submit(pool, tasks.echo, data).result()  # first big transfer may grow buffers
-    n = p["tasks"]
+    # One big transfer per worker first: the first may grow buffers or map memory.
+    for result in bench.batch(pool, tasks.echo, [(data,)] * workers):
+        _check_bytes(result, data, 0)
     meter = Meter()
-    futures = [bench.submit(pool, tasks.echo, data) for _ in range(n)]
-    for f in futures:
-        if len(f.result()) != len(data):
-            raise AssertionError("payload came back truncated")
+    for i, result in enumerate(bench.batch(pool, tasks.echo, [(data,)] * n)):
+        _check_bytes(result, data, i)
     meter.stop()
     return {
         "mib_s_each_way": n * p["size_mib"] / meter.wall,
         "cpu_ms_per_task": meter.cpu / n * 1e3,
         "wall_s": meter.wall,
     }
+
+
+SLICE = 4096  # bytes in each slice of a payload compared byte for byte
+SLICES = 8
+
+
+def _check_bytes(got, sent, task):
+    """Type, length, and 8 slices of 4 KiB byte for byte: the first, the last and
+    six at offsets that change with the task. A few µs, where hashing 64 MiB would
+    cost more than moving it."""
+    if type(got) is not type(sent) or len(got) != len(sent):
+        raise AssertionError(f"payload came back as {type(got).__name__} of {len(got)} bytes")
+    rng = random.Random(task)
+    offsets = [0, len(sent) - SLICE, *(rng.randrange(len(sent) - SLICE) for _ in range(6))]
+    for at in offsets:
+        if got[at : at + SLICE] != sent[at : at + SLICE]:
+            raise AssertionError(f"payload of task {task} differs at bytes {at}..{at + SLICE}")
+
+
+STRIDE = 4099  # every STRIDE-th element of an array is compared (about 3,000 of 12.5M)
+EDGE = 1000  # and the first and last EDGE elements
+
+
+def numpy_arrays(bench, p):
+    """A float64 array of ``mb`` MB to every task, which returns it as received."""
+    import numpy  # a benchmark-only dependency, imported by this workload alone
+
+    workers, n = p["workers"], p["tasks"]
+    pool = bench.make(workers)
+    warm_up(bench, pool, workers)
+    array = numpy.random.default_rng(12).random(p["mb"] * 10**6 // 8)
+    for result in bench.batch(pool, tasks.echo, [(array,)] * workers):
+        _check_array(numpy, result, array, 0)
+    meter = Meter()
+    for i, result in enumerate(bench.batch(pool, tasks.echo, [(array,)] * n)):
+        _check_array(numpy, result, array, i)
+    meter.stop()
+    return {
+        "mb_s_each_way": n * array.nbytes / 1e6 / meter.wall,
+        "cpu_ms_per_task": meter.cpu / n * 1e3,
+        "wall_s": meter.wall,
+        "numpy": numpy.__version__,
+    }
+
+
+def _check_array(numpy, got, sent, task):
+    """Type, shape, dtype, the first and last 1,000 elements and every 4,099th
+    (from an offset that changes with the task) equal to the sender's."""
+    if not isinstance(got, numpy.ndarray) or got.shape != sent.shape or got.dtype != sent.dtype:
+        kind = f"{type(got).__name__} {getattr(got, 'shape', '')} {getattr(got, 'dtype', '')}"
+        raise AssertionError(f"array came back as {kind}")
+    at = task % STRIDE
+    for part in (slice(0, EDGE), slice(-EDGE, None), slice(at, None, STRIDE)):
+        if not numpy.array_equal(got[part], sent[part]):
+            raise AssertionError(f"array of task {task} differs in [{part}]")
 
 
 def timeouts(bench, p):
@@ -293,6 +352,8 @@ WORKLOADS = {
     "throughput": throughput,
     "latency": latency,
     "payload": payload,
+    "payload-64m": payload,
+    "numpy": numpy_arrays,
     "timeouts": timeouts,
     "crash": crash,
     "startup": startup,
