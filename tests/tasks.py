@@ -603,3 +603,8 @@ def memfds_while_holding(data):
     """(length of `data`, this worker's shared-memory descriptors) while the
     task holds its argument."""
     return len(data), payload_memfds()
+
+
+def repeat_bytes(data, times):
+    """A result `times` the size of its argument."""
+    return data * times

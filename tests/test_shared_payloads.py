@@ -369,3 +369,20 @@ def test_no_segment_is_left_open_and_nothing_is_made_in_dev_shm(method):
     no_payload_memfds_in_our_processes()
     assert_nothing_new_in_dev_shm(shm)
     assert kept[0] == BIG and kept[2].tobytes() == BIG
+
+
+# ------------------------------------------------- segments grown and reused
+
+
+def test_a_result_larger_than_its_argument_grows_the_task_segment_and_it_serves_again():
+    """The worker writes a large result into its task's own segment, grown to
+    fit; the pool keeps the grown segment and lends it again, where the
+    parent's mapping of it must cover the new length and hold the new bytes."""
+    small, large = payload(SHARED_MIN_BYTES, seed=3), payload(4 * MiB, seed=4)
+    with pool(max_workers=1) as exe:
+        for data, times in [(small, 13), (large, 1), (small, 2), (large, 3)]:
+            got = exe.submit(tasks.repeat_bytes, data, times).result(timeout=DEADLINE)
+            assert_same(got, data * times)
+        sent = 2 * len(small) + 2 * len(large)
+        returned = 13 * len(small) + len(large) + 2 * len(small) + 3 * len(large)
+        assert exe.get_statistics()[COUNTER] == sent + returned

@@ -131,7 +131,7 @@ class Dispatcher:
             return pickle.loads(payload)
         body, segment = payload
         try:
-            result, nbytes = _payload.loads(body, segment.fd)
+            result, nbytes = _payload.loads(body, segment.read)
         finally:
             segment.release()
         self.core.note_shared_bytes(nbytes)

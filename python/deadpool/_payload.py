@@ -32,10 +32,11 @@ import os
 import pickle
 import struct
 
-from deadpool import _core, _pickling
+from deadpool import _pickling
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from typing import Any
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -167,21 +168,44 @@ def check_size(nbytes: int, cap: int) -> None:
         )
 
 
-def write(fd: int, buffers: list[memoryview]) -> None:
-    """Writes the buffers into the segment ``fd`` where ``layout`` puts them."""
+def _placed(buffers: list[memoryview]) -> Iterator[tuple[int, memoryview]]:
+    """Each buffer with its offset in the segment, as ``layout`` places it."""
     offset = 0
     for view in buffers:
-        end = offset + view.nbytes
-        while view.nbytes:
-            written = os.pwrite(fd, view, offset)
-            view = view[written:]
-            offset += written
-        offset = -(-end // _ALIGN) * _ALIGN
+        yield offset, view
+        offset = -(-(offset + view.nbytes) // _ALIGN) * _ALIGN
 
 
-def loads(body: bytes, fd: int) -> tuple[Any, int]:
-    """The object of a shared frame's ``body`` whose buffers are in the
-    segment ``fd``, and the bytes those buffers took."""
+def write(fd: int, buffers: list[memoryview]) -> None:
+    """A worker writes the buffers into the segment ``fd``."""
+    for offset, view in _placed(buffers):
+        _write_all(fd, view, offset)
+
+
+def write_lent(segment: Any, buffers: list[memoryview]) -> None:
+    """The parent writes the buffers into a segment it lends: a whole
+    ``bytes`` or ``bytearray`` through its mapping, any other buffer with
+    ``pwrite``."""
+    for offset, view in _placed(buffers):
+        whole = view.obj
+        kind = type(whole)
+        if (kind is bytes or kind is bytearray) and view.nbytes == len(whole):
+            segment.write(offset, whole)
+        else:
+            _write_all(segment.fd, view, offset)
+
+
+def _write_all(fd: int, view: memoryview, offset: int) -> None:
+    while view.nbytes:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def loads(body: bytes, read: Callable[[int, int, bool], Any]) -> tuple[Any, int]:
+    """The object of a shared frame's ``body``, its buffers filled by
+    ``read(offset, length, writable)`` from the segment, and the bytes those
+    buffers took."""
     (count,) = _COUNT.unpack_from(body)
     position = _COUNT.size
     buffers = []
@@ -189,7 +213,7 @@ def loads(body: bytes, fd: int) -> tuple[Any, int]:
     for _ in range(count):
         offset, length, writable = _ENTRY.unpack_from(body, position)
         position += _ENTRY.size
-        buffers.append(_core.read_segment(fd, offset, length, bool(writable)))
+        buffers.append(read(offset, length, bool(writable)))
         total += length
     with memoryview(body) as view:
         return pickle.loads(view[position:], buffers=buffers), total
@@ -237,7 +261,7 @@ def _shared(
     segment = core.lend_segment(size)
     if segment is not None:
         try:
-            write(segment.fd, buffers)
+            write_lent(segment, buffers)
         except OSError:  # no memory for its pages: the pipe may still do
             segment.release()
         else:

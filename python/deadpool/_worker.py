@@ -15,6 +15,7 @@ import pickle
 import struct
 import sys
 import traceback
+from functools import partial
 
 from deadpool import _core, _payload
 from deadpool._core import (
@@ -128,7 +129,7 @@ def run_task(body: bytes, segment: int | None, shared_cap: int) -> tuple[int, by
         if segment is None:
             fn, args, kwargs = pickle.loads(body)
         else:
-            (fn, args, kwargs), _ = _payload.loads(body, segment)
+            (fn, args, kwargs), _ = _payload.loads(body, partial(_core.read_segment, segment))
         result = fn(*args, **kwargs)
     except BaseException as exc:
         return TAG_ERR, _pickle_exception(exc), None

@@ -1,9 +1,10 @@
 //! Shared-memory segments as Python sees them (python/deadpool/_payload.py):
 //! `Segment`, one of the pool's segments on loan (parent/segments.rs), and the
 //! calls that fill Python objects from a segment and pass segments between a
-//! worker and its pool. Python writes into a segment itself, with
-//! `os.pwrite`: reading an arbitrary buffer (a numpy array's) from Rust needs
-//! the buffer protocol, which the limited API of Python 3.10 lacks.
+//! worker and its pool. `bytes` and `bytearray` are copied in here; any other
+//! buffer (a numpy array's) Python writes itself, with `os.pwrite`: reading
+//! an arbitrary buffer from Rust needs the buffer protocol, which the
+//! limited API of Python 3.10 lacks.
 
 use super::child::{borrow, os_error};
 use crate::os::fd_passing;
@@ -12,6 +13,7 @@ use crate::os::sync::lock;
 use crate::parent::segments::Lease;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::sync::Mutex;
@@ -57,10 +59,59 @@ impl Segment {
     fn release(&self) {
         drop(self.take());
     }
+
+    /// Copies all of `data`, a `bytes` or `bytearray`, into the segment at
+    /// `offset` through the parent's mapping of it. A `bytes` is copied
+    /// without the GIL; a `bytearray` with it, since another thread could
+    /// resize it meanwhile.
+    fn write(&self, py: Python<'_>, offset: u64, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Ok(bytes) = data.cast::<PyBytes>() {
+            let data = bytes.as_bytes();
+            return py
+                .detach(|| self.with_segment(|s| s.copy_in(offset, data)))
+                .map_err(os_error);
+        }
+        let bytearray = data.cast::<PyByteArray>()?;
+        // SAFETY: the GIL is held for the whole copy, so no Python code can
+        // resize or free the bytearray's buffer meanwhile.
+        let data = unsafe { bytearray.as_bytes() };
+        self.with_segment(|s| s.copy_in(offset, data))
+            .map_err(os_error)
+    }
+
+    /// A new `bytes` (or, `writable`, `bytearray`) holding `length` bytes of
+    /// the segment from `offset`, copied through the mapping without the GIL.
+    fn read(
+        &self,
+        py: Python<'_>,
+        offset: u64,
+        length: usize,
+        writable: bool,
+    ) -> PyResult<Py<PyAny>> {
+        fill_new_buffer(py, length, writable, |buf| {
+            self.with_segment(|s| s.copy_out(offset, buf))
+        })
+    }
+}
+
+impl Segment {
+    /// Runs `act` on the segment, under its lock (never held while calling
+    /// Python).
+    fn with_segment<T>(
+        &self,
+        act: impl FnOnce(&mut crate::os::segment::Segment) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let mut lease = lock(&self.lease);
+        let segment = lease
+            .as_mut()
+            .and_then(Lease::segment_mut)
+            .ok_or_else(|| std::io::Error::other("the segment was released"))?;
+        act(segment)
+    }
 }
 
 /// A new `bytes` (or, `writable`, `bytearray`) holding `length` bytes of the
-/// segment `fd` from `offset`: the one copy a receiver makes, straight from
+/// segment `fd` from `offset`: the one copy a worker makes, straight from
 /// the segment into the object's memory, without the GIL.
 #[pyfunction]
 pub fn read_segment(
@@ -71,6 +122,17 @@ pub fn read_segment(
     writable: bool,
 ) -> PyResult<Py<PyAny>> {
     let fd = borrow(fd)?;
+    fill_new_buffer(py, length, writable, |buf| {
+        read_exact_at_uninit(fd, offset, buf)
+    })
+}
+
+/// A new `bytes` or `bytearray` of `length` bytes, filled by `fill` without
+/// the GIL (large ones on huge pages: see os/segment.rs).
+fn fill_new_buffer<F>(py: Python<'_>, length: usize, writable: bool, fill: F) -> PyResult<Py<PyAny>>
+where
+    F: FnOnce(&mut [MaybeUninit<u8>]) -> std::io::Result<()> + Send,
+{
     let size = isize::try_from(length)
         .map_err(|_| PyValueError::new_err(format!("a buffer of {length} bytes is too large")))?;
     // SAFETY: both calls with a null source allocate an object of `size`
@@ -100,8 +162,7 @@ pub fn read_segment(
     // of its buffer while it is filled; `MaybeUninit` because it is unset.
     let buf = unsafe { std::slice::from_raw_parts_mut(data.cast::<MaybeUninit<u8>>(), length) };
     advise_huge_pages(buf);
-    py.detach(|| read_exact_at_uninit(fd, offset, buf))
-        .map_err(os_error)?;
+    py.detach(|| fill(buf)).map_err(os_error)?;
     Ok(object.unbind())
 }
 

@@ -4,10 +4,14 @@
 //! nothing can leak it. It lives exactly as long as some process holds a
 //! descriptor to it (or a mapping of it): a SIGKILLed sender, receiver or
 //! parent frees it with its descriptor table, and nothing ever appears in
-//! `/dev/shm`. Segments are read and written with `pread`/`pwrite` rather
-//! than mapped: a mapping costs a page-table entry per 4 KiB page in every
-//! process that touches it, which inside a virtual machine costs more than
-//! copying the page, and the receiver must copy anyway to own its objects.
+//! `/dev/shm`.
+//!
+//! The parent keeps its segments, and so keeps each one mapped
+//! ([`Segment::copy_in`], [`Segment::copy_out`]): once its page-table
+//! entries exist, a copy runs at memory speed, where `pwrite`/`pread` walk
+//! the page cache page by page at half that. A worker gets a new descriptor
+//! for every task, whose mapping would have to build those entries afresh
+//! each time, so it uses `pread`/`pwrite` ([`read_exact_at_uninit`]).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -18,6 +22,46 @@ pub const SEGMENT_NAME: &std::ffi::CStr = c"deadpool-payload";
 pub struct Segment {
     fd: OwnedFd,
     len: u64,
+    map: Option<Mapping>,
+}
+
+/// The segment's first `len` bytes, mapped shared into this process.
+struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory of the process, valid on any thread;
+// `Segment` hands out access to it only through `&mut self`.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        // SAFETY: a fresh shared mapping of `len` bytes of `fd`, placed by
+        // the kernel; it aliases no Rust memory.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>()).ok_or(io::ErrorKind::Other)?;
+        Ok(Mapping { ptr, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped; nothing borrows it now.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
 }
 
 impl Segment {
@@ -31,14 +75,22 @@ impl Segment {
         }
         // SAFETY: a descriptor memfd_create just returned, owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut segment = Segment { fd, len: 0 };
+        let mut segment = Segment {
+            fd,
+            len: 0,
+            map: None,
+        };
         segment.grow_to(len)?;
         Ok(segment)
     }
 
     /// A segment received from another process.
     pub fn adopt(fd: OwnedFd) -> io::Result<Segment> {
-        let mut segment = Segment { fd, len: 0 };
+        let mut segment = Segment {
+            fd,
+            len: 0,
+            map: None,
+        };
         segment.refresh_len()?;
         Ok(segment)
     }
@@ -60,6 +112,60 @@ impl Segment {
             self.len = len;
         }
         Ok(())
+    }
+
+    /// Copies `data` into the segment at `offset`, growing it if need be.
+    pub fn copy_in(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let end = offset + data.len() as u64;
+        self.grow_to(end)?;
+        let base = self.mapped(end)?;
+        // SAFETY: [offset, end) lies inside the mapping, which no one else in
+        // this process touches meanwhile (`&mut self`).
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(offset as usize), data.len())
+        };
+        Ok(())
+    }
+
+    /// Fills `buf` from the segment at `offset`; an error if the segment is
+    /// shorter (its writer died, or lied).
+    pub fn copy_out(
+        &mut self,
+        offset: u64,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+    ) -> io::Result<()> {
+        let end = offset + buf.len() as u64;
+        if end > self.len {
+            self.refresh_len()?;
+            if end > self.len {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let base = self.mapped(end)?;
+        // SAFETY: [offset, end) lies inside the mapping; `buf` is ours alone.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                base.add(offset as usize),
+                buf.as_mut_ptr().cast::<u8>(),
+                buf.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// The mapping, made (again) to cover at least `end` bytes.
+    fn mapped(&mut self, end: u64) -> io::Result<*mut u8> {
+        let covers = self.map.as_ref().is_some_and(|m| m.len as u64 >= end);
+        if !covers {
+            let len = usize::try_from(self.len)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+            self.map = None;
+            self.map = Some(Mapping::new(self.fd.as_fd(), len)?);
+        }
+        self.map
+            .as_ref()
+            .map(|m| m.ptr.as_ptr())
+            .ok_or_else(|| io::ErrorKind::Other.into())
     }
 
     /// Reads the length again: the process the segment was lent to may have
@@ -191,6 +297,25 @@ mod tests {
         assert_eq!(&bytes, b"2345");
         let mut long = [std::mem::MaybeUninit::<u8>::uninit(); 9];
         assert!(read_exact_at_uninit(segment.fd(), 0, &mut long).is_err());
+    }
+
+    #[test]
+    fn copies_through_the_mapping_meet_what_the_descriptor_holds() {
+        let mut segment = Segment::create(8).expect("memfd");
+        segment.copy_in(2, b"mapped").expect("copy in");
+        let mut back = [0u8; 6];
+        read_exact_at(segment.fd(), 2, &mut back).expect("read");
+        assert_eq!(&back, b"mapped");
+        // Grown by another holder, as a worker grows it for its result.
+        write_all_at(segment.fd(), 10_000, b"grown").expect("write past the end");
+        let mut out = [std::mem::MaybeUninit::<u8>::uninit(); 5];
+        segment
+            .copy_out(10_000, &mut out)
+            .expect("copy out, remapped");
+        // SAFETY: copy_out filled every byte.
+        assert_eq!(&out.map(|b| unsafe { b.assume_init() }), b"grown");
+        let mut past = [std::mem::MaybeUninit::<u8>::uninit(); 10];
+        assert!(segment.copy_out(10_000, &mut past).is_err());
     }
 
     #[test]

@@ -204,6 +204,10 @@ impl Lease {
     pub fn segment(&self) -> Option<&Segment> {
         self.segment.as_ref()
     }
+
+    pub fn segment_mut(&mut self) -> Option<&mut Segment> {
+        self.segment.as_mut()
+    }
 }
 
 /// Outcomes compare in tests; two leases are equal only if they are one.
