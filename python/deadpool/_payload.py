@@ -183,16 +183,10 @@ def write(fd: int, buffers: list[memoryview]) -> None:
 
 
 def write_lent(segment: Any, buffers: list[memoryview]) -> None:
-    """The parent writes the buffers into a segment it lends: a whole
-    ``bytes`` or ``bytearray`` through its mapping, any other buffer with
-    ``pwrite``."""
+    """The parent writes the buffers into a segment it lends (through its
+    mapping of it: src/os/segment.rs)."""
     for offset, view in _placed(buffers):
-        whole = view.obj
-        kind = type(whole)
-        if (kind is bytes or kind is bytearray) and view.nbytes == len(whole):
-            segment.write(offset, whole)
-        else:
-            _write_all(segment.fd, view, offset)
+        segment.write(offset, view)
 
 
 def _write_all(fd: int, view: memoryview, offset: int) -> None:

@@ -1,10 +1,7 @@
 //! Shared-memory segments as Python sees them (python/deadpool/_payload.py):
 //! `Segment`, one of the pool's segments on loan (parent/segments.rs), and the
 //! calls that fill Python objects from a segment and pass segments between a
-//! worker and its pool. `bytes` and `bytearray` are copied in here; any other
-//! buffer (a numpy array's) Python writes itself, with `os.pwrite`: reading
-//! an arbitrary buffer from Rust needs the buffer protocol, which the
-//! limited API of Python 3.10 lacks.
+//! worker and its pool.
 
 use super::child::{borrow, os_error};
 use crate::os::fd_passing;
@@ -13,7 +10,7 @@ use crate::os::sync::lock;
 use crate::parent::segments::Lease;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes};
+use std::ffi::{c_char, c_int, c_void};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::sync::Mutex;
@@ -60,23 +57,20 @@ impl Segment {
         drop(self.take());
     }
 
-    /// Copies all of `data`, a `bytes` or `bytearray`, into the segment at
-    /// `offset` through the parent's mapping of it. A `bytes` is copied
-    /// without the GIL; a `bytearray` with it, since another thread could
-    /// resize it meanwhile.
+    /// Copies all of `data`, any contiguous buffer (`bytes`, a numpy
+    /// array's `PickleBuffer`...), into the segment at `offset` through the
+    /// parent's mapping of it, without the GIL: the export held meanwhile
+    /// keeps the buffer where it is (a `bytearray` refuses to resize).
     fn write(&self, py: Python<'_>, offset: u64, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        if let Ok(bytes) = data.cast::<PyBytes>() {
-            let data = bytes.as_bytes();
-            return py
-                .detach(|| self.with_segment(|s| s.copy_in(offset, data)))
-                .map_err(os_error);
-        }
-        let bytearray = data.cast::<PyByteArray>()?;
-        // SAFETY: the GIL is held for the whole copy, so no Python code can
-        // resize or free the bytearray's buffer meanwhile.
-        let data = unsafe { bytearray.as_bytes() };
-        self.with_segment(|s| s.copy_in(offset, data))
-            .map_err(os_error)
+        let export = Export::contiguous(data)?;
+        let (address, len) = (export.address(), export.len());
+        py.detach(|| {
+            // SAFETY: `export` keeps these `len` bytes alive and in place
+            // until it is dropped, after this closure returns.
+            let bytes = unsafe { std::slice::from_raw_parts(address as *const u8, len) };
+            self.with_segment(|s| s.copy_in(offset, bytes))
+        })
+        .map_err(os_error)
     }
 
     /// A new `bytes` (or, `writable`, `bytearray`) holding `length` bytes of
@@ -164,6 +158,74 @@ where
     advise_huge_pages(buf);
     py.detach(|| fill(buf)).map_err(os_error)?;
     Ok(object.unbind())
+}
+
+/// `Py_buffer`, as every CPython from 3.3 lays it out (frozen in the stable
+/// ABI since 3.11). PyO3 declares it only for builds that need 3.11, and
+/// this wheel serves 3.10 too.
+#[repr(C)]
+struct RawBuffer {
+    buf: *mut c_void,
+    obj: *mut pyo3::ffi::PyObject,
+    len: isize,
+    itemsize: isize,
+    readonly: c_int,
+    ndim: c_int,
+    format: *mut c_char,
+    shape: *mut isize,
+    strides: *mut isize,
+    suboffsets: *mut isize,
+    internal: *mut c_void,
+}
+
+extern "C" {
+    // Exported by every CPython 3; in the stable ABI since 3.11.
+    fn PyObject_GetBuffer(
+        obj: *mut pyo3::ffi::PyObject,
+        view: *mut RawBuffer,
+        flags: c_int,
+    ) -> c_int;
+    fn PyBuffer_Release(view: *mut RawBuffer);
+}
+
+/// `PyBUF_SIMPLE`: one contiguous run of bytes, or an error.
+const BUFFER_SIMPLE: c_int = 0;
+
+/// A buffer exported by a Python object, released (with the GIL) on drop.
+struct Export<'py> {
+    view: RawBuffer,
+    _py: Python<'py>,
+}
+
+impl<'py> Export<'py> {
+    fn contiguous(object: &Bound<'py, PyAny>) -> PyResult<Export<'py>> {
+        // SAFETY: all-zero is a valid (empty) Py_buffer for GetBuffer to fill.
+        let mut view: RawBuffer = unsafe { std::mem::zeroed() };
+        // SAFETY: a live object and a Py_buffer to fill, with the GIL held.
+        if unsafe { PyObject_GetBuffer(object.as_ptr(), &mut view, BUFFER_SIMPLE) } != 0 {
+            return Err(PyErr::fetch(object.py()));
+        }
+        Ok(Export {
+            view,
+            _py: object.py(),
+        })
+    }
+
+    fn address(&self) -> usize {
+        self.view.buf as usize
+    }
+
+    fn len(&self) -> usize {
+        usize::try_from(self.view.len).unwrap_or(0)
+    }
+}
+
+impl Drop for Export<'_> {
+    fn drop(&mut self) {
+        // SAFETY: a view GetBuffer filled, released once, with the GIL held
+        // (the `Python` token says so).
+        unsafe { PyBuffer_Release(&mut self.view) };
+    }
 }
 
 /// A worker sends the segment `fd` holding task `task_id`'s result.
