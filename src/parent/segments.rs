@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 
 /// Free segments kept for reuse, at most: a pool with more free than this
 /// holds idle memory nobody asked for.
-const KEEP_FREE: usize = 8;
+const KEEP_FREE: usize = 16;
 /// And at most this many bytes of them.
 const KEEP_FREE_BYTES: u64 = 1 << 30;
 /// How long a free segment is kept unused.
-pub const KEEP_IDLE: Duration = Duration::from_secs(2);
+pub const KEEP_IDLE: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Accounts {
