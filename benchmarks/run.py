@@ -82,13 +82,13 @@ DESCRIPTIONS = {
     "latency": "{round_trips:,} sequential submit → result round trips of a no-op task on a "
     "warm pool of {workers} workers.",
     "payload": "{tasks} tasks, each with a {size_mib} MiB bytes argument (os.urandom) that it "
-    "returns, {workers} workers, on a warm pool after one such transfer per worker; MiB/s each "
+    "returns, {workers} workers, on a warm pool that moved the same batch once first; MiB/s each "
     "way = MiB sent one way / wall time. Checked on every result: type, length, and 8 slices of "
     "4 KiB byte for byte (the first, the last, six at offsets that vary per task).",
     "payload-64m": "",  # the same text as payload's, filled in below
     "numpy": "{tasks} tasks, each with a float64 array of {mb} MB (10^6 bytes) that it returns "
-    "as received (the task is `return arg`), {workers} workers, on a warm pool after one such "
-    "transfer per worker; MB/s each way = MB sent one way / wall time. Checked on every result: "
+    "as received (the task is `return arg`), {workers} workers, on a warm pool that moved the "
+    "same batch once first; MB/s each way = MB sent one way / wall time. Checked on every result: "
     "ndarray, shape, dtype, the first and last 1,000 elements and every 4,099th element (from an "
     "offset that varies per task) equal to the sender's. joblib-memmap: each batch is one "
     "joblib.Parallel call (loky backend, n_jobs={workers}, max_nbytes='1M'), its loky executor "

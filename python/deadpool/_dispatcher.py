@@ -96,7 +96,10 @@ class Dispatcher:
     def _settle(self, future: Future, kind: int, payload: Any) -> None:
         if kind == EVENT_RETURNED:
             try:
-                result = self._loads(payload)
+                if type(payload) is bytes:
+                    result = pickle.loads(payload)
+                else:
+                    result = self._shared_result(payload)
             except BaseException as exc:
                 self.note_failed()
                 error = ProcessError(
@@ -124,11 +127,9 @@ class Dispatcher:
         else:  # EVENT_TIMED_OUT, EVENT_LOST: the payload says how the worker ended
             future._resolve(exception=_worker_end(payload))
 
-    def _loads(self, payload: Any) -> Any:
-        """A result: a pickle, or ``(body, segment)`` when its large buffers
-        came through shared memory (``_payload``)."""
-        if type(payload) is not tuple:
-            return pickle.loads(payload)
+    def _shared_result(self, payload: tuple[bytes, Any]) -> Any:
+        """A result whose large buffers came through shared memory: ``(body,
+        segment)`` (``_payload``)."""
         body, segment = payload
         try:
             result, nbytes = _payload.loads(body, segment.read)

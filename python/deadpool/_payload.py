@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import types
 
 from deadpool import _pickling
 
@@ -48,6 +49,7 @@ SHARED_MIN_BYTES = 256 * 1024
 # proportional to a long list.
 _SEARCH_LIMIT = 64
 _ALIGN = 64
+_FUNCTION = types.FunctionType
 _COUNT = struct.Struct("<I")
 _ENTRY = struct.Struct("<QQB")
 
@@ -219,14 +221,13 @@ def pack_task(core: Any, call: tuple[Any, ...], cap: int, main_by_value: bool) -
     function Dask shipped by value: cloudpickle writes those by value. Raises
     what neither can write, or ``PayloadTooLarge``."""
     try:
-        if not cap:
+        if not cap or (type(call[0]) is _FUNCTION and not call[1] and not call[2]):
+            # A plain function and no arguments: no buffer to share.
             return _by_reference(call, main_by_value), None
-        lifted = lift_call(*call) if call[1] or call[2] else call
+        lifted = lift_call(*call)
         data, buffers = dumps(lifted)
         if main_by_value and b"__main__" in data:
             return _by_reference(call, main_by_value), None
-    except PayloadTooLarge:
-        raise
     except Exception:
         return _pickling.by_value(call), None
     if not buffers:

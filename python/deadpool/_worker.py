@@ -44,6 +44,8 @@ def _log_exception(message: str, *args: object) -> None:
 
 
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+# Results of these types can hold no large buffer: pickled as they always were.
+_HOLDS_NO_BUFFER = frozenset({type(None), bool, int, float, complex, str})
 
 
 def worker_main(task_fd: int, result_fd: int, segments_fd: int) -> None:
@@ -134,7 +136,7 @@ def run_task(body: bytes, segment: int | None, shared_cap: int) -> tuple[int, by
     except BaseException as exc:
         return TAG_ERR, _pickle_exception(exc), None
     try:
-        if shared_cap:
+        if shared_cap and type(result) not in _HOLDS_NO_BUFFER:
             return _pack_result(result, segment, shared_cap)
         try:  # _dumps, inlined: this is the hot path
             out = pickle.dumps(result, _PICKLE_PROTOCOL)

@@ -80,6 +80,15 @@ impl SegmentPool {
     pub fn expire(&self, now: Instant) -> Option<Instant> {
         let expired: Vec<(Segment, Instant)> = {
             let mut accounts = lock(&self.accounts);
+            // The supervisor asks on every turn: nothing due costs one lock.
+            let next = accounts
+                .free
+                .iter()
+                .map(|(_, back)| *back + KEEP_IDLE)
+                .min();
+            if next.is_none_or(|due| due > now) {
+                return next;
+            }
             let (keep, expired) = std::mem::take(&mut accounts.free)
                 .into_iter()
                 .partition(|(_, back)| now.saturating_duration_since(*back) < KEEP_IDLE);
