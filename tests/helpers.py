@@ -131,6 +131,20 @@ def is_spare(pid: int) -> bool:
     return process_name(pid) == _zygote.SPARE_NAME
 
 
+def dev_shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+def assert_nothing_new_in_dev_shm(before: set[str], timeout: float = 10) -> None:
+    """No entry that was not in /dev/shm before stays there (other programs'
+    short-lived entries, such as multiprocessing's semaphores, may come and go)."""
+    wait_until(
+        lambda: not dev_shm_entries() - before,
+        timeout=timeout,
+        message=lambda: f"new in /dev/shm: {sorted(dev_shm_entries() - before)}",
+    )
+
+
 def processes_with_env_token(token: str) -> list[int]:
     """Live processes whose initial environment contains `token` (leak check for scripts)."""
     found = []

@@ -380,6 +380,50 @@ def script_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=path, **extra)
 
 
+def start_script(script_text: str, tmp_path, *args, token: str) -> subprocess.Popen:
+    """Starts `script_text` as tmp_path/script.py in a session of its own, its
+    processes marked with the environment variable `token` (for
+    `kill_script_session`), stdout and stderr piped."""
+    script = tmp_path / "script.py"
+    script.write_text(script_text)
+    return subprocess.Popen(
+        [sys.executable, str(script), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=script_env(**{token: "1"}),
+        cwd=str(tmp_path),
+        start_new_session=True,
+    )
+
+
+def read_json_line(proc: subprocess.Popen, prefix: bytes, token: str, timeout: float = 120):
+    """The JSON that follows `prefix` on the script's stdout; if none comes
+    within `timeout`, the script is killed and the test fails with its output."""
+    import json
+
+    import pytest
+
+    line = read_prefixed_line(proc, prefix, timeout)
+    if not line:
+        kill_script_session(proc, token)
+        pytest.fail(f"no {prefix!r} line from the script: {proc.communicate(timeout=30)!r}")
+    return json.loads(line)
+
+
+def kill_script_session(proc: subprocess.Popen, token: str) -> None:
+    """Never leak: the script's session, and anything carrying its token."""
+    from tests.helpers import processes_with_env_token
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    for pid in processes_with_env_token(token):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def run_script(path, *args, timeout=180.0, **popen_kwargs):
     """Run a Python script in its own session; (returncode, stdout, stderr).
     On timeout the whole session is SIGKILLed, so nothing it started survives."""

@@ -17,7 +17,13 @@ import deadpool
 import pytest
 
 from tests import tasks
-from tests.helpers import Gate, descendants, pool, wait_until
+from tests.helpers import (
+    Gate,
+    assert_nothing_new_in_dev_shm,
+    descendants,
+    dev_shm_entries,
+    pool,
+)
 
 try:
     from deadpool._payload import SHARED_MIN_BYTES
@@ -74,20 +80,6 @@ def no_payload_memfds_in_our_processes():
         if (fds := tasks.payload_memfds(pid))
     }
     assert not holders, f"shared-memory segments still open (pid: fds): {holders}"
-
-
-def shm_entries() -> set[str]:
-    return set(os.listdir("/dev/shm"))
-
-
-def assert_nothing_new_in_dev_shm(before: set[str]) -> None:
-    """No entry that was not in /dev/shm before stays there (other programs'
-    short-lived entries, such as multiprocessing's semaphores, may come and go)."""
-    wait_until(
-        lambda: not shm_entries() - before,
-        timeout=10,
-        message=lambda: f"new in /dev/shm: {sorted(shm_entries() - before)}",
-    )
 
 
 # ---------------------------------------------------------------- round trips
@@ -355,7 +347,7 @@ def test_the_threshold_decides_what_is_counted(nbytes, counted):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_no_segment_is_left_open_and_nothing_is_made_in_dev_shm(method):
-    shm = shm_entries()
+    shm = dev_shm_entries()
     with pool(max_workers=1, mp_context=method, max_backlog=10) as exe:
         futures = [
             exe.submit(tasks.return_value, BIG),

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -137,18 +135,9 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("case", ["result", "submit", "shutdown", "escape"])
 def test_sigint_interrupts_a_blocked_call_and_nothing_is_left(tmp_path, case):
     token = f"DP_STRESS_SIGINT_{uuid.uuid4().hex}"
-    script = tmp_path / "interrupt.py"
-    script.write_text(SCRIPT)
     directory = tmp_path / "tree"
     directory.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, str(script), case, str(directory)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=stress_tasks.script_env(**{token: "1"}),
-        cwd=str(tmp_path),
-        start_new_session=True,
-    )
+    proc = stress_tasks.start_script(SCRIPT, tmp_path, case, directory, token=token)
     try:
         blocked = stress_tasks.read_prefixed_line(proc, b"BLOCKED", 60)
         assert blocked, f"the script never blocked: {proc.communicate(timeout=60)!r}"

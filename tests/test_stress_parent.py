@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 
@@ -27,25 +26,12 @@ pytestmark = pytest.mark.stress
 PARENT_DEATH_BOUND = 2.0
 
 
-def _start(script_text: str, tmp_path, *args, token: str) -> subprocess.Popen:
-    script = tmp_path / "script.py"
-    script.write_text(script_text)
-    return subprocess.Popen(
-        [sys.executable, str(script), *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=stress_tasks.script_env(**{token: "1"}),
-        cwd=str(tmp_path),
-        start_new_session=True,
-    )
-
-
 def _run_for_report(script_text: str, tmp_path, *args, name: str, timeout: float) -> dict:
     """Run a script to completion, check it left no process behind (its session is
     killed afterwards whatever happens), and return the JSON it printed after
     "REPORT "."""
     token = f"DP_STRESS_{name}_{uuid.uuid4().hex}"
-    proc = _start(script_text, tmp_path, *args, token=token)
+    proc = stress_tasks.start_script(script_text, tmp_path, *args, token=token)
     try:
         out, err = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, err.decode(errors="replace")[-4000:]
@@ -56,21 +42,9 @@ def _run_for_report(script_text: str, tmp_path, *args, name: str, timeout: float
             message=lambda: describe(processes_with_env_token(token)),
         )
     finally:
-        _kill_session(proc, token)
+        stress_tasks.kill_script_session(proc, token)
         _close_pipes(proc)
     return json.loads([x for x in out.splitlines() if x.startswith(b"REPORT ")][-1][7:])
-
-
-def _kill_session(proc: subprocess.Popen, token: str) -> None:
-    """Never leak: the script's session, and anything carrying its token."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    for pid in processes_with_env_token(token):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _close_pipes(proc: subprocess.Popen) -> None:
@@ -122,13 +96,9 @@ def test_everything_dies_within_two_seconds_of_the_parent(tmp_path, method):
     token = f"DP_STRESS_PARENT_{uuid.uuid4().hex}"
     directory = tmp_path / "trees"
     directory.mkdir()
-    proc = _start(PARENT_DEATH_SCRIPT, tmp_path, directory, method, token=token)
+    proc = stress_tasks.start_script(PARENT_DEATH_SCRIPT, tmp_path, directory, method, token=token)
     try:
-        line = stress_tasks.read_prefixed_line(proc, b"PIDS ", 120)
-        if not line:
-            _kill_session(proc, token)
-            pytest.fail(f"no pids from the script: {proc.communicate(timeout=30)!r}")
-        info = json.loads(line)
+        info = stress_tasks.read_json_line(proc, b"PIDS ", token)
         everything = sorted(set(info["all"]) | set(info["workers"]) | set(info["trees"]))
         # 2 trees of 6, 2 workers, at least one zygote.
         assert len(everything) >= 2 * len(stress_tasks.TREE_NAMES) + 3, describe(everything)
@@ -148,7 +118,7 @@ def test_everything_dies_within_two_seconds_of_the_parent(tmp_path, method):
         assert not survivors, f"alive {elapsed:.2f}s after the parent died: {describe(survivors)}"
         assert not stray, f"alive and not in the tree: {describe(stray)}"
     finally:
-        _kill_session(proc, token)
+        stress_tasks.kill_script_session(proc, token)
         _close_pipes(proc)
 
 

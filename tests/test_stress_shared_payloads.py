@@ -11,13 +11,10 @@ anywhere once a killed parent's processes are gone, nothing in /dev/shm.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import queue
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,8 +24,10 @@ import pytest
 
 from tests import stress_tasks, tasks
 from tests.helpers import (
+    assert_nothing_new_in_dev_shm,
     descendants,
     describe,
+    dev_shm_entries,
     is_alive,
     pool,
     processes_with_env_token,
@@ -52,20 +51,6 @@ _SOURCE = random.Random(12).randbytes(9 * MiB)
 def _payload(i: int, nbytes: int, rng: random.Random) -> bytes:
     offset = rng.randrange(len(_SOURCE) - nbytes + 8)
     return i.to_bytes(8, "little") + _SOURCE[offset : offset + nbytes - 8]
-
-
-def _shm_entries() -> set[str]:
-    return set(os.listdir("/dev/shm"))
-
-
-def _assert_nothing_new_in_dev_shm(before: set[str]) -> None:
-    """No entry that was not in /dev/shm before stays there (other programs'
-    short-lived entries, such as multiprocessing's semaphores, may come and go)."""
-    wait_until(
-        lambda: not _shm_entries() - before,
-        timeout=CLEANUP_DEADLINE,
-        message=lambda: f"new in /dev/shm: {sorted(_shm_entries() - before)}",
-    )
 
 
 def _assert_no_segment_open_here() -> None:
@@ -193,7 +178,7 @@ def _storm(exe, tmp_path, n: int, seed: int) -> dict[str, int]:
 
 
 def test_storm_of_large_payloads_while_workers_die_reading_and_writing(tmp_path):
-    shm = _shm_entries()
+    shm = dev_shm_entries()
     with pool(max_workers=2, max_backlog=6) as exe:
         assert exe.submit(stress_tasks.ident, 0).result(timeout=60) == 0
         counts = _storm(exe, tmp_path, STORM_TASKS, seed=3)
@@ -209,7 +194,7 @@ def test_storm_of_large_payloads_while_workers_die_reading_and_writing(tmp_path)
             assert stats[COUNTER] > 0, stats
         assert exe.submit(tasks.payload_memfds).result(timeout=60) == []
     _assert_no_segment_open_here()
-    _assert_nothing_new_in_dev_shm(shm)
+    assert_nothing_new_in_dev_shm(shm, CLEANUP_DEADLINE)
 
 
 # A cap two 8 MiB echoes fit under, and far below what the storm's dead tasks
@@ -219,7 +204,7 @@ STORM_CAP = 32 * MiB
 
 
 def test_killed_tasks_give_back_their_share_of_the_cap(tmp_path):
-    shm = _shm_entries()
+    shm = dev_shm_entries()
     with pool(max_workers=2, max_backlog=6, max_shared_memory_bytes=STORM_CAP) as exe:
         assert exe.submit(stress_tasks.ident, 0).result(timeout=60) == 0
         counts = _storm(exe, tmp_path, 80, seed=4)
@@ -231,7 +216,7 @@ def test_killed_tasks_give_back_their_share_of_the_cap(tmp_path):
         assert got[2] == tasks.digest(data) and got[4] == data
         assert exe.get_statistics()[COUNTER] - before == 2 * len(data)
     _assert_no_segment_open_here()
-    _assert_nothing_new_in_dev_shm(shm)
+    assert_nothing_new_in_dev_shm(shm, CLEANUP_DEADLINE)
 
 
 # ---------------------------------------------------------------- parent death
@@ -287,40 +272,15 @@ def _payload_memfd_holders() -> dict[int, int]:
     return found
 
 
-def _kill_everything_of(proc: subprocess.Popen, token: str) -> None:
-    """Never leak: the script's session, and anything carrying its token."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    for pid in processes_with_env_token(token):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
 def test_parent_killed_with_large_payloads_in_flight_frees_every_segment(tmp_path, method):
-    shm = _shm_entries()
+    shm = dev_shm_entries()
     # Segments other programs on the machine held already are theirs.
     others = set(_payload_memfd_holders())
     token = f"DP_STRESS_SHARED_{uuid.uuid4().hex}"
-    script = tmp_path / "script.py"
-    script.write_text(PARENT_SCRIPT)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path), method],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=stress_tasks.script_env(**{token: "1"}),
-        cwd=str(tmp_path),
-        start_new_session=True,
-    )
+    proc = stress_tasks.start_script(PARENT_SCRIPT, tmp_path, tmp_path, method, token=token)
     try:
-        line = stress_tasks.read_prefixed_line(proc, b"PIDS ", 120)
-        if not line:
-            _kill_everything_of(proc, token)
-            pytest.fail(f"no pids from the script: {proc.communicate(timeout=30)!r}")
-        info = json.loads(line)
+        info = stress_tasks.read_json_line(proc, b"PIDS ", token)
         everything = sorted(info["all"])
         # The parent, a zygote, two workers.
         assert len(everything) >= 4 and all(is_alive(p) for p in everything), describe(everything)
@@ -350,8 +310,8 @@ def test_parent_killed_with_large_payloads_in_flight_frees_every_segment(tmp_pat
             message=lambda: f"segments still held (pid: count): {holders}; {describe(holders)}",
         )
         print(f"\nparent death ({method}): segments held at the kill: {info['memfds']}")
-        _assert_nothing_new_in_dev_shm(shm)
+        assert_nothing_new_in_dev_shm(shm, CLEANUP_DEADLINE)
     finally:
-        _kill_everything_of(proc, token)
+        stress_tasks.kill_script_session(proc, token)
         proc.stdout.close()
         proc.stderr.close()
