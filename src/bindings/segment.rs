@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use std::ffi::{c_char, c_int, c_void};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::Mutex;
 
 /// A segment lent to one task. `submit` takes it over; dropped or released
@@ -42,16 +42,6 @@ impl Segment {
 
 #[pymethods]
 impl Segment {
-    /// Its descriptor, valid while the segment is held here.
-    #[getter]
-    fn fd(&self) -> PyResult<RawFd> {
-        lock(&self.lease)
-            .as_ref()
-            .and_then(Lease::segment)
-            .map(|segment| segment.fd().as_raw_fd())
-            .ok_or_else(|| PyValueError::new_err("the segment was released"))
-    }
-
     /// Gives it back to the pool now rather than when it is collected.
     fn release(&self) {
         drop(self.take());
