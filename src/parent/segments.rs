@@ -154,10 +154,9 @@ impl SegmentPool {
         drop(free);
     }
 
-    fn counted(self: &Arc<Self>, mut segment: Segment, len: u64) -> Lease {
+    fn counted(self: &Arc<Self>, segment: Segment, len: u64) -> Lease {
         // What the accounts hold is what was asked for; a reused segment may
         // be larger, and that excess is memory kept warm, not lent.
-        let _ = segment.refresh_len();
         Lease {
             segment: Some(segment),
             counted: len,
